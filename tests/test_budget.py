@@ -21,7 +21,9 @@ def test_engine_never_exceeds_max_new_tokens_in_a_mixed_batch(engine, prompts):
 
 
 def test_batched_generation_matches_one_at_a_time(engine, prompts):
-    reqs = [GenRequest(tuple(p), max_new_tokens=24) for p in prompts[:4]]
+    # Batch invariance: a question's tokens do not depend on its batch mates or on
+    # whether its prompt came from the prefix cache (what makes cut == independent).
+    reqs = [GenRequest(tuple(p), max_new_tokens=48) for p in prompts[:4]]
     together = [r.token_ids for r in engine.generate(reqs)]
     alone = [engine.generate([r])[0].token_ids for r in reqs]
     assert together == alone
@@ -35,7 +37,7 @@ def test_thinking_never_exceeds_budget_with_forcing(engine, prompts, medqa_items
         assert th.rounds <= rounds
         if th.ended == "budget":
             assert len(th.ids) == budget
-        assert all(0 < p <= budget for p in th.forced_at)
+        assert all(0 <= p < budget for p in th.forced_at)
 
 
 def test_forcing_inserts_the_ignore_string_where_the_model_stopped(engine, prompts, medqa_items):

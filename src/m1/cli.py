@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--engine", default=d.engine, help="llamacpp | hf | openai | vllm")
     e.add_argument("--model", help="GGUF file, HF folder or hub id, or server model name")
     e.add_argument("--base-url", help="openai engine: server URL, e.g. http://127.0.0.1:8000/v1")
-    e.add_argument("--engine-opt", type=_kv, action="append", default=[], metavar="KEY=VALUE",
+    e.add_argument("--engine-opt", type=_kv, nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="engine option, e.g. n_slots=8 or tokenizer=Qwen/Qwen2.5-7B-Instruct")
     e.add_argument("--format", default=d.format, help="m1 | s1 | r1 | plain")
     for name in ("think_start", "think_end", "answer_start", "answer_forced", "answer_end"):

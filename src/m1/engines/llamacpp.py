@@ -94,6 +94,9 @@ class LlamaCppEngine:
         self._slot_tokens: list[list[int]] = [[] for _ in range(n_slots)]  # what each slot's KV holds
         self._pieces: dict[int, bytes] = {}
         self._sha256: str | None = None
+        # llamafile's sgemm serves multi-row matmuls, vec_dot single rows: the two round
+        # differently, so with it compiled in a sequence's tokens depend on its batch mates.
+        self.llamafile = b"LLAMAFILE = 1" in lc.llama_print_system_info()
 
     # -- text <-> ids ---------------------------------------------------------------
     def _quiet_logs(self, verbose: bool) -> None:
@@ -170,7 +173,7 @@ class LlamaCppEngine:
         return {"engine": self.name, "model": str(self.path), "model_sha256": self._sha256,
                 "llama_cpp_python": getattr(self._lc, "__version__", "?"),
                 "n_slots": self.n_slots, "ctx_per_slot": self.ctx_per_slot,
-                "batch_invariant": self.batch_invariant}
+                "batch_invariant": self.batch_invariant, "llamafile_kernels": self.llamafile}
 
     # -- generation -------------------------------------------------------------------
     def generate(self, requests: Sequence[GenRequest]) -> list[GenResult]:
