@@ -68,6 +68,16 @@ CASES = [
     ("Both A and B are reasonable.", STROKE, None, "none"),
     ("", STROKE, None, "none"),
     ("   \n ", STROKE, None, "none"),
+    # --- the first line is a choice and nothing else (right after an answer delimiter) ---
+    ("B", STROKE, "B", "leading"),
+    ("(C)\n", STROKE, "C", "leading"),
+    ("D.", STROKE, "D", "leading"),
+    ("B. Tenecteplase\n\nIt is fibrin-specific and given as a bolus.", STROKE, "B", "leading"),
+    ("A. Tenecteplase", STROKE, None, "none"),  # letter and text disagree
+    ("B. Tenecteplase is reasonable", STROKE, None, "none"),
+    ("a", STROKE, None, "none"),  # a lone lowercase "a" is a word
+    ("E.", STROKE, None, "none"),
+    ("C. difficile colitis", TRAPS, "B", "option_text"),  # option text, not letter C
     # --- whole text is an option's text ---
     ("Tenecteplase", STROKE, "B", "option_text"),
     ("vitamin a supplementation.", STROKE, "D", "option_text"),

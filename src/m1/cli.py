@@ -43,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--base-url", help="openai engine: server URL, e.g. http://127.0.0.1:8000/v1")
     e.add_argument("--engine-opt", type=_kv, nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="engine option, e.g. n_slots=8 or tokenizer=Qwen/Qwen2.5-7B-Instruct")
-    e.add_argument("--format", default=d.format, help="m1 | s1 | r1 | plain")
+    e.add_argument("--format", default="auto",
+                   help="m1 | s1 | r1 | plain | auto (plain for the embedded model, m1 otherwise)")
     for name in ("think_start", "think_end", "answer_start", "answer_forced", "answer_end"):
         e.add_argument(f"--{name.replace('_', '-')}", dest=name, help=f"custom {name} delimiter")
     e.add_argument("--budgets", type=_budgets, default=d.budgets, help="comma-separated thinking budgets")

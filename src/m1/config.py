@@ -16,6 +16,8 @@ class EvalConfig:
 
     The defaults are the embedded main job: SmolLM2-135M on a seeded 50-question
     sample of MedQA-USMLE at four small budgets, a few minutes on a laptop CPU.
+    `format` and the other fields are resolved here, once; the resolved values are
+    what a run saves and what its folder name hashes.
     """
 
     benchmark: str = "medqa"
@@ -25,7 +27,9 @@ class EvalConfig:
     engine: str = "llamacpp"
     model: str | None = None  # None: the embedded SmolLM2-135M-Instruct
     engine_options: dict = field(default_factory=dict)
-    format: str = "m1"
+    # "auto": plain for the embedded SmolLM2, which was never trained on m1's think/answer
+    # delimiters (it ends its turn at once inside them), m1 for any model you name.
+    format: str = "auto"
     format_overrides: dict = field(default_factory=dict)
     budgets: tuple[int, ...] = (32, 64, 128, 256)
     answer_max_tokens: int = 64
@@ -39,6 +43,9 @@ class EvalConfig:
     chunk_size: int = 8  # questions in flight together
 
     def __post_init__(self):
+        if self.format == "auto":
+            embedded = self.engine == "llamacpp" and self.model is None
+            object.__setattr__(self, "format", "plain" if embedded else "m1")
         budgets = tuple(int(b) for b in self.budgets)
         object.__setattr__(self, "budgets", budgets)
         if not budgets:

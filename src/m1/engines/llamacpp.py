@@ -52,78 +52,47 @@ class _Active:
     generated: list[int] = field(default_factory=list)
 
 
-class LlamaCppEngine:
-    name = "llamacpp"
+def _llama_cpp():
+    try:
+        import llama_cpp
+    except ImportError:
+        raise M1Error("llama-cpp-python is not installed: pip install llama-cpp-python") from None
+    return llama_cpp
 
-    def __init__(self, model: str | None = None, n_slots: int = 8, ctx_per_slot: int = 4096,
-                 n_batch: int = 512, n_threads: int | None = None, verbose: bool = False,
-                 batch_invariant: bool = False, **_):
-        try:
-            import llama_cpp as lc
-        except ImportError:
-            raise M1Error("llama-cpp-python is not installed: pip install llama-cpp-python") from None
-        self._lc = lc
-        self.path = Path(model) if model else embedded_model_path()
+
+class GGUFTokenizer:
+    """A GGUF model's tokenizer and chat template through llama.cpp.
+
+    With `vocab_only` no weights are loaded: what the openai engine uses to build
+    prompts for a server that serves the same file.
+    """
+
+    def __init__(self, path: str | Path, vocab_only: bool = False, verbose: bool = False):
+        lc = self._lc = _llama_cpp()
+        self.path = Path(path)
         if not self.path.is_file():
             raise M1Error(f"model file not found: {self.path} (pass --model PATH to a .gguf file)")
-        self._quiet_logs(verbose)
+        # llama.cpp keeps one process-wide log callback; it must outlive every engine.
+        lc.llama_log_set(_log_callback(lc, verbose), ctypes.c_void_p(0))
         lc.llama_backend_init()
-        self._model = lc.llama_model_load_from_file(str(self.path).encode(), lc.llama_model_default_params())
+        params = lc.llama_model_default_params()
+        params.vocab_only = vocab_only
+        self._model = lc.llama_model_load_from_file(str(self.path).encode(), params)
         if not self._model:
             raise M1Error(f"llama.cpp could not load {self.path}: is it a GGUF model file?")
         self._vocab = lc.llama_model_get_vocab(self._model)
         self.n_vocab = lc.llama_vocab_n_tokens(self._vocab)
-        self.n_slots, self.n_batch, self.batch_invariant = n_slots, n_batch, batch_invariant
-        self.ctx_per_slot = ctx_per_slot
-        params = lc.llama_context_default_params()
-        params.n_ctx = n_slots * ctx_per_slot
-        params.n_batch = params.n_ubatch = n_batch
-        params.n_seq_max = n_slots
-        # One KV stream per slot and no flash attention: a sequence's numbers then do not
-        # depend on where its cells sit or on how its prompt was split into batches, so
-        # reusing a cached prefix gives the same tokens as evaluating it afresh.
-        params.kv_unified = False
-        params.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_DISABLED
-        params.n_threads = params.n_threads_batch = n_threads or os.cpu_count() or 1
-        self._ctx = lc.llama_init_from_model(self._model, params)
-        if not self._ctx:
-            raise M1Error(f"llama.cpp could not create a context of {params.n_ctx} tokens; lower ctx_per_slot or n_slots")
-        self.n_ctx = params.n_ctx
-        self._mem = lc.llama_get_memory(self._ctx)
-        self._batch = lc.llama_batch_init(n_batch, 0, 1)
-        self._slot_tokens: list[list[int]] = [[] for _ in range(n_slots)]  # what each slot's KV holds
         self._pieces: dict[int, bytes] = {}
-        self._sha256: str | None = None
-        # llamafile's sgemm serves multi-row matmuls, vec_dot single rows: the two round
-        # differently, so with it compiled in a sequence's tokens depend on its batch mates.
-        self.llamafile = b"LLAMAFILE = 1" in lc.llama_print_system_info()
-
-    # -- text <-> ids ---------------------------------------------------------------
-    def _quiet_logs(self, verbose: bool) -> None:
-        lc = self._lc
-
-        @lc.llama_log_callback
-        def _log(level, text, user_data):  # noqa: ARG001
-            if verbose:
-                os.write(2, text)
-
-        self._log_cb = _log  # keep a reference: llama.cpp holds only the pointer
-        lc.llama_log_set(self._log_cb, ctypes.c_void_p(0))
-
-    def _tokenize(self, text: str, add_special: bool) -> list[int]:
-        data = text.encode("utf-8")
-        n_max = len(data) + 8
-        buf = (self._lc.llama_token * n_max)()
-        n = self._lc.llama_tokenize(self._vocab, data, len(data), buf, n_max, add_special, True)
-        if n < 0:
-            raise RuntimeError(f"tokenize needed {-n} tokens")  # cannot happen: bytes >= tokens
-        return list(buf[:n])
 
     def tokenize(self, text: str) -> list[int]:
-        return self._tokenize(text, add_special=False)
+        data = text.encode("utf-8")
+        n_max = len(data) + 8  # never fewer bytes than tokens
+        buf = (self._lc.llama_token * n_max)()
+        n = self._lc.llama_tokenize(self._vocab, data, len(data), buf, n_max, False, True)
+        return list(buf[:n])
 
     def encode_prompt(self, text: str) -> list[int]:
-        ids = self._tokenize(text, add_special=False)
+        ids = self.tokenize(text)
         bos = self._lc.llama_vocab_bos(self._vocab)
         if self._lc.llama_vocab_get_add_bos(self._vocab) and bos >= 0 and (not ids or ids[0] != bos):
             ids = [bos] + ids
@@ -145,8 +114,12 @@ class LlamaCppEngine:
     @property
     def eos_token_ids(self) -> tuple[int, ...]:
         lc, v = self._lc, self._vocab
-        ids = {t for t in (lc.llama_vocab_eos(v), lc.llama_vocab_eot(v)) if t >= 0}
-        return tuple(sorted(ids))
+        return tuple(dict.fromkeys(t for t in (lc.llama_vocab_eos(v), lc.llama_vocab_eot(v)) if t >= 0))
+
+    @property
+    def bos_token_id(self) -> int | None:
+        bos = self._lc.llama_vocab_bos(self._vocab)
+        return bos if bos >= 0 and self._lc.llama_vocab_get_add_bos(self._vocab) else None
 
     def _meta(self, key: str) -> str | None:
         size = 1 << 16
@@ -162,10 +135,51 @@ class LlamaCppEngine:
     def render_chat(self, messages: list[dict]) -> str:
         from m1.engines.chat import render_template
 
-        template = self._meta("tokenizer.chat_template")
-        bos = self.detokenize([self._lc.llama_vocab_bos(self._vocab)])
-        eos = self.detokenize([self._lc.llama_vocab_eos(self._vocab)])
-        return render_template(template, messages, bos_token=bos, eos_token=eos)
+        lc, v = self._lc, self._vocab
+        bos, eos = lc.llama_vocab_bos(v), lc.llama_vocab_eos(v)
+        return render_template(self._meta("tokenizer.chat_template"), messages,
+                               bos_token=self.detokenize([bos]) if bos >= 0 else "",
+                               eos_token=self.detokenize([eos]) if eos >= 0 else "")
+
+    def close(self) -> None:
+        if getattr(self, "_model", None):
+            self._lc.llama_model_free(self._model)
+            self._model = None
+
+    def __del__(self):
+        self.close()
+
+
+class LlamaCppEngine(GGUFTokenizer):
+    name = "llamacpp"
+
+    def __init__(self, model: str | None = None, n_slots: int = 8, ctx_per_slot: int = 4096,
+                 n_batch: int = 512, n_threads: int | None = None, verbose: bool = False,
+                 batch_invariant: bool = False, **_):
+        super().__init__(model or embedded_model_path(), verbose=verbose)
+        lc = self._lc
+        self.n_slots, self.n_batch, self.batch_invariant = n_slots, n_batch, batch_invariant
+        self.ctx_per_slot = ctx_per_slot
+        params = lc.llama_context_default_params()
+        params.n_ctx = n_slots * ctx_per_slot
+        params.n_batch = params.n_ubatch = n_batch
+        params.n_seq_max = n_slots
+        # One KV stream per slot and no flash attention: a sequence's numbers then do not
+        # depend on where its cells sit or on how its prompt was split into batches, so
+        # reusing a cached prefix gives the same tokens as evaluating it afresh.
+        params.kv_unified = False
+        params.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        params.n_threads = params.n_threads_batch = n_threads or os.cpu_count() or 1
+        self._ctx = lc.llama_init_from_model(self._model, params)
+        if not self._ctx:
+            raise M1Error(f"llama.cpp could not create a context of {params.n_ctx} tokens; lower ctx_per_slot or n_slots")
+        self._mem = lc.llama_get_memory(self._ctx)
+        self._batch = lc.llama_batch_init(n_batch, 0, 1)
+        self._slot_tokens: list[list[int]] = [[] for _ in range(n_slots)]  # what each slot's KV holds
+        self._sha256: str | None = None
+        # llamafile's sgemm serves multi-row matmuls, vec_dot single rows: the two round
+        # differently, so with it compiled in a sequence's tokens depend on its batch mates.
+        self.llamafile = b"LLAMAFILE = 1" in lc.llama_print_system_info()
 
     def describe(self) -> dict:
         if self._sha256 is None:
@@ -265,18 +279,24 @@ class LlamaCppEngine:
         del active[slot]
 
     def close(self) -> None:
-        lc = self._lc
         if getattr(self, "_ctx", None):
-            lc.llama_batch_free(self._batch)
-            lc.llama_free(self._ctx)
-            lc.llama_model_free(self._model)
-            self._ctx = self._model = None
+            self._lc.llama_batch_free(self._batch)
+            self._lc.llama_free(self._ctx)
+            self._ctx = None
+        super().close()
 
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
+
+_LOG_CALLBACKS: dict[bool, object] = {}
+
+
+def _log_callback(lc, verbose: bool):
+    if verbose not in _LOG_CALLBACKS:
+        def log(level, text, user_data):  # noqa: ARG001
+            if verbose:
+                os.write(2, text)
+
+        _LOG_CALLBACKS[verbose] = lc.llama_log_callback(log)
+    return _LOG_CALLBACKS[verbose]
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:

@@ -34,8 +34,6 @@ environment variable named by `api_key_env` at each request; it is never stored.
 """
 from __future__ import annotations
 
-import ctypes
-import hashlib
 import json
 import os
 import socket
@@ -160,7 +158,7 @@ class OpenAIEngine:
     def _bos_id(self) -> int | None:
         if self._bos is False:
             if self._local is not None:
-                self._bos = self._local.bos_id
+                self._bos = self._local.bos_token_id
             elif self.server == "llama-cpp-python":
                 empty = self._call("POST", self.root + "/extras/tokenize", {"input": ""})["tokens"]
                 self._bos = empty[0] if empty else None
@@ -214,7 +212,7 @@ class OpenAIEngine:
     @property
     def eos_token_ids(self) -> tuple[int, ...]:
         if self._local is not None:
-            return self._local.eos_ids
+            return self._local.eos_token_ids
         if self._eos is None:
             self._eos = ()  # unknown unless the server says; it still stops on its own EOS
             info = None
@@ -244,11 +242,9 @@ class OpenAIEngine:
             info["server_version"] = (self._try("GET", self.root + "/version") or {}).get("version")
         if self.tokenizer_source and str(self.tokenizer_source).endswith(".gguf"):
             if self._tokenizer_sha256 is None:
-                h = hashlib.sha256()
-                with open(self.tokenizer_source, "rb") as f:
-                    while block := f.read(1 << 20):
-                        h.update(block)
-                self._tokenizer_sha256 = h.hexdigest()
+                from m1.engines.llamacpp import file_sha256
+
+                self._tokenizer_sha256 = file_sha256(Path(self.tokenizer_source))
             info["tokenizer_sha256"] = self._tokenizer_sha256  # the served file, when it is local
         try:
             info["versions"] = {"m1": metadata.version("m1")}
@@ -443,58 +439,6 @@ def _error_text(raw: bytes) -> str:
 
 
 # -- local tokenizers ---------------------------------------------------------------------
-class _GGUFVocab:
-    """A .gguf file's tokenizer through llama.cpp: the vocabulary only, no weights, no context."""
-
-    def __init__(self, path: str):
-        import llama_cpp as lc
-
-        self._lc = lc
-        params = lc.llama_model_default_params()
-        params.vocab_only = True
-        from llama_cpp._utils import suppress_stdout_stderr
-
-        with suppress_stdout_stderr(disable=False):  # llama.cpp logs the whole vocabulary otherwise
-            self._model = lc.llama_model_load_from_file(path.encode(), params)
-        if not self._model:
-            raise M1Error(f"llama.cpp could not read the vocabulary of {path}: is it a GGUF model file?")
-        self._vocab = lc.llama_model_get_vocab(self._model)
-        bos = lc.llama_vocab_bos(self._vocab)
-        self.bos_id = bos if bos >= 0 and lc.llama_vocab_get_add_bos(self._vocab) else None
-        eos = [lc.llama_vocab_eos(self._vocab), lc.llama_vocab_eot(self._vocab)]  # EOS first: the likelier end
-        self.eos_ids = tuple(dict.fromkeys(t for t in eos if t >= 0))
-
-    def tokenize(self, text: str) -> list[int]:
-        data = text.encode("utf-8")
-        buf = (self._lc.llama_token * (len(data) + 8))()
-        n = self._lc.llama_tokenize(self._vocab, data, len(data), buf, len(buf), False, True)
-        return list(buf[:n])
-
-    def detokenize(self, ids: list[int]) -> str:
-        out = b""
-        for t in ids:
-            buf = ctypes.create_string_buffer(256)
-            n = self._lc.llama_token_to_piece(self._vocab, t, buf, 256, 0, True)
-            out += buf.raw[: max(n, 0)]
-        return out.decode("utf-8", errors="replace")
-
-    def render_chat(self, messages: list[dict]) -> str:
-        from m1.engines.chat import render_template
-
-        lc, v = self._lc, self._vocab
-        buf = ctypes.create_string_buffer(1 << 17)
-        n = lc.llama_model_meta_val_str(self._model, b"tokenizer.chat_template", buf, len(buf))
-        template = buf.value.decode("utf-8", errors="replace") if 0 <= n < len(buf) else None
-        bos, eos = lc.llama_vocab_bos(v), lc.llama_vocab_eos(v)
-        return render_template(template, messages, bos_token=self.detokenize([bos]) if bos >= 0 else "",
-                               eos_token=self.detokenize([eos]) if eos >= 0 else "")
-
-    def __del__(self):
-        if getattr(self, "_model", None):
-            self._lc.llama_model_free(self._model)
-            self._model = None
-
-
 class _HFTokenizer:
     def __init__(self, source: str):
         try:
@@ -507,8 +451,8 @@ class _HFTokenizer:
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise M1Error(f"cannot load tokenizer {source}: {first}") from None
         first = self._tok("", add_special_tokens=True)["input_ids"][:1]
-        self.bos_id = first[0] if first and first[0] == self._tok.bos_token_id else None
-        self.eos_ids = (self._tok.eos_token_id,) if self._tok.eos_token_id is not None else ()
+        self.bos_token_id = first[0] if first and first[0] == self._tok.bos_token_id else None
+        self.eos_token_ids = (self._tok.eos_token_id,) if self._tok.eos_token_id is not None else ()
 
     def tokenize(self, text: str) -> list[int]:
         return list(self._tok(text, add_special_tokens=False)["input_ids"])
@@ -526,5 +470,7 @@ def _load_tokenizer(source: str):
     if str(source).endswith(".gguf"):
         if not Path(source).is_file():
             raise M1Error(f"tokenizer file not found: {source} (pass an existing .gguf file)")
-        return _GGUFVocab(str(source))
+        from m1.engines.llamacpp import GGUFTokenizer
+
+        return GGUFTokenizer(source, vocab_only=True)
     return _HFTokenizer(source)

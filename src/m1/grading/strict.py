@@ -9,6 +9,9 @@ Rules, first that yields a letter wins (the `rule` names in Grade):
                  "Final Answer: X" (any case for the words), or such a phrase followed
                  by exactly one option's text on the rest of its line ("Answer:
                  Tenecteplase"); the last accepted one wins.
+  "leading"      the first line is a choice and nothing else: a letter alone ("C", "C.",
+                 "(C)") or a letter with exactly its option's text ("C. Polyarteritis
+                 nodosa") - how models answer right after an answer delimiter.
   "option_text"  the whole text, minus a trailing period, is exactly one option's text.
 Nothing matched -> letter None, outcome "unparsed" (scored as wrong).
 
@@ -61,6 +64,9 @@ def _extract(text: str, options: dict[str, str]) -> tuple[str | None, str]:
     letter = _letter_from_phrases(text, options)
     if letter:
         return letter, "phrase"
+    letter = _leading_choice(text, options)
+    if letter:
+        return letter, "leading"
     letter = _option_with_text(text.strip().removesuffix("."), options)
     if letter:
         return letter, "option_text"
@@ -101,6 +107,17 @@ def _letter_from_box(content: str, options: dict[str, str]) -> str | None:
     m = _LETTER_FIRST.match(content)
     if m and m.group(1).upper() in options:
         return m.group(1).upper()
+    return None
+
+
+def _leading_choice(text: str, options: dict[str, str]) -> str | None:
+    first = text.strip().split("\n", 1)[0].strip()
+    bare = _trim(first)
+    if len(bare) == 1 and bare in options:  # uppercase only: a lone "a" is a word
+        return bare
+    m = _LETTER_FIRST.match(first)
+    if m and m.group(1) in options and m.group(2) and _norm(m.group(2)) == _norm(options[m.group(1)]):
+        return m.group(1)
     return None
 
 
