@@ -59,8 +59,8 @@ def test_bad_limit(bad):
 
 def test_unknown_benchmark_lists_known_names():
     with pytest.raises(M1Error) as e:
-        load_benchmark("pubmedqa")
-    assert "pubmedqa" in str(e.value) and "medqa" in str(e.value)
+        load_benchmark("pubmedqa_v9")
+    assert "pubmedqa_v9" in str(e.value) and "medqa" in str(e.value) and "medmcqa" in str(e.value)
 
 
 # ---- user files: formats ----

@@ -35,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = EvalConfig()
     e = sub.add_parser("eval", help="evaluate a model at several thinking budgets")
     e.add_argument("--benchmark", default=d.benchmark, help="registered benchmark (see `m1 benchmarks`)")
+    e.add_argument("--suite", help="a benchmark suite, e.g. m1 (the paper's ten sources; runs those present)")
+    e.add_argument("--data-dir", help="folder holding benchmarks m1 does not ship (also $M1_DATA_DIR)")
     e.add_argument("--data", help="a JSON/JSONL file of questions instead of a registered benchmark")
     e.add_argument("--limit", type=int, default=d.limit, help="seeded sample of this many questions (0: all)")
     e.add_argument("--seed", type=int, default=d.seed)
@@ -72,7 +74,7 @@ def config_from_args(a: argparse.Namespace) -> EvalConfig:
     overrides = {k: getattr(a, k) for k in ("think_start", "think_end", "answer_start", "answer_forced", "answer_end")
                  if getattr(a, k) is not None}
     return EvalConfig(
-        benchmark=a.benchmark, data=a.data, limit=a.limit or None, seed=a.seed, engine=a.engine, model=a.model,
+        benchmark=a.benchmark, suite=a.suite, data_dir=a.data_dir, data=a.data, limit=a.limit or None, seed=a.seed, engine=a.engine, model=a.model,
         engine_options=options, format=a.format, format_overrides=overrides, budgets=a.budgets,
         answer_max_tokens=a.answer_max_tokens, forcing_rounds=a.forcing, ignore_str=a.ignore_str,
         temperature=a.temperature, top_p=a.top_p, method="independent" if a.independent else "cut",
@@ -103,6 +105,8 @@ def cmd_eval(a: argparse.Namespace) -> int:
     if bar is not None:
         bar.close()
     print(markdown_table(result.metrics["rows"]), end="")
+    if result.missing:
+        print(f"\nnot present, skipped: {', '.join(result.missing)} (put their files in --data-dir; see `m1 benchmarks`)")
     print(f"\nrun folder: {result.run_dir}")
     print(f"plot: {result.run_dir / 'accuracy_vs_budget.png'}")
     return 0

@@ -20,7 +20,9 @@ class EvalConfig:
     what a run saves and what its folder name hashes.
     """
 
-    benchmark: str = "medqa"
+    benchmark: str = "medqa"  # one name or several, comma-separated
+    suite: str | None = None  # e.g. "m1": the paper's ten sources, those present
+    data_dir: str | None = None  # where benchmarks m1 does not ship are looked for
     data: str | None = None  # a user file instead of a registered benchmark
     limit: int | None = 50
     seed: int = 0

@@ -11,6 +11,7 @@ from typing import Callable
 from m1.benchmarks.items import Item
 from m1.config import EvalConfig
 from m1.engines import Engine, make_engine
+from m1.errors import M1Error
 from m1.runs import RunDir
 from m1.thinking.budget import BudgetController, ThinkingParams, sweep
 from m1.thinking.formats import get_format
@@ -21,14 +22,34 @@ class EvalResult:
     run_dir: Path
     records: list[dict]
     metrics: dict
+    missing: list[str]  # benchmarks of the suite that are not present here
+
+
+def benchmark_names(cfg: EvalConfig) -> tuple[list[str], list[str]]:
+    """(names to run, names of the suite that are missing)."""
+    if cfg.suite:
+        from m1.benchmarks.registry import resolve_suite
+
+        return resolve_suite(cfg.suite, cfg.data_dir)
+    return [n.strip() for n in cfg.benchmark.split(",") if n.strip()], []
 
 
 def load_items(cfg: EvalConfig) -> list[Item]:
+    """Every question of the run; --limit samples each benchmark separately."""
     from m1.benchmarks import load_benchmark, load_file
 
     if cfg.data:
         return load_file(cfg.data, limit=cfg.limit, seed=cfg.seed)
-    return load_benchmark(cfg.benchmark, limit=cfg.limit, seed=cfg.seed)
+    items: list[Item] = []
+    for name in benchmark_names(cfg)[0]:
+        items += _load_one(load_benchmark, name, cfg)
+    return items
+
+
+def _load_one(load_benchmark, name: str, cfg: EvalConfig) -> list[Item]:
+    if cfg.data_dir is None:
+        return load_benchmark(name, limit=cfg.limit, seed=cfg.seed)
+    return load_benchmark(name, limit=cfg.limit, seed=cfg.seed, data_dir=cfg.data_dir)
 
 
 def build_prompt(engine: Engine, item: Item, cfg: EvalConfig) -> str:
@@ -42,7 +63,7 @@ def build_prompt(engine: Engine, item: Item, cfg: EvalConfig) -> str:
 
 
 def default_run_dir(cfg: EvalConfig) -> Path:
-    source = Path(cfg.data).stem if cfg.data else cfg.benchmark
+    source = Path(cfg.data).stem if cfg.data else (f"suite-{cfg.suite}" if cfg.suite else cfg.benchmark.replace(",", "+"))
     model = Path(cfg.model).stem if cfg.model else "smollm2-135m"
     return Path("runs") / f"{source}-{cfg.engine}-{model}-{cfg.format}-{cfg.fingerprint()}"
 
@@ -64,6 +85,8 @@ def evaluate(cfg: EvalConfig, out: str | Path | None = None, engine: Engine | No
     from m1.reporting.report import write_reports
 
     items = load_items(cfg)
+    if not items:
+        raise M1Error("no questions to evaluate: the suite has no benchmark present (see `m1 benchmarks`)")
     fmt = get_format(cfg.format, **cfg.format_overrides)
     params = ThinkingParams(budget=max(cfg.budgets), forcing_rounds=cfg.forcing_rounds, ignore_str=cfg.ignore_str,
                             answer_max_tokens=cfg.answer_max_tokens, temperature=cfg.temperature,
@@ -110,7 +133,7 @@ def evaluate(cfg: EvalConfig, out: str | Path | None = None, engine: Engine | No
     wanted = {it.id for it in items}
     records = [r for r in records if r["id"] in wanted and r["budget"] in cfg.budgets]
     metrics = write_reports(run.path, records, cfg)
-    return EvalResult(run.path, records, metrics)
+    return EvalResult(run.path, records, metrics, benchmark_names(cfg)[1])
 
 
 def make_record(item, budget, prompt_text, prompt_ids, th, ans, engine, controller, grade) -> dict:

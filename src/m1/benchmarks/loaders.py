@@ -1,84 +1,66 @@
-"""Turn benchmark files into `Item`s: the packaged registry and user-supplied files.
+"""Turn question files into `Item`s (the packaged sets are listed in registry.py).
 
-Accepted file shapes (JSON or JSON Lines, optionally gzip-compressed):
-  (a) {"<source>": [record, ...], ...}   the HuatuoGPT-o1 / m1 eval format
+Accepted file shapes (optionally gzip-compressed, e.g. questions.jsonl.gz):
+  (a) {"<source>": [record, ...], ...}   the HuatuoGPT-o1 / m1 eval format (also GPQA, NEJM, Lancet)
   (b) [record, ...]
-  (c) one record per line (JSONL)
+  (c) one record per line (JSONL): MedBullets, MedXpertQA, Humanity's Last Exam, m1's own data files
+  (d) CSV with a header row (the official MedBullets release)
+  (e) a pandas column dump {"question": {"0": ...}, "opa": {"0": ...}, ...}
 A record is {"question", "options", "answer_idx"} with optional "answer" and "id";
-"options" is a dict letter -> text or a list (lettered A, B, C, ...). Every other
-field is kept in Item.metadata.
+"options" is a dict letter -> text or a list (lettered A, B, C, ...). Without
+"options", columns opa, opb, ... (or A, B, ..., or choice0, choice1, ...) are the options.
+The answer is the first of: "answer_idx" (letter), "label" (letter, MedXpertQA),
+"answer" (a letter, an option's exact text, or "C. text" as in HLE; a number for
+choice0.. columns, which count from 0). Every other field is kept in Item.metadata.
 
 Every problem with a file becomes an M1Error whose one-line message names the file,
-the place (1-based JSONL line, or 0-based item index for JSON) and the field, so the CLI never shows
+the place (1-based JSONL/CSV line, or 0-based item index for JSON) and the field, so the CLI never shows
 a traceback for bad data.
 """
 from __future__ import annotations
 
+import csv
 import gzip
+import io
 import json
 import random
+import re
 import string
-from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 from m1.benchmarks.items import Item
 from m1.errors import M1Error
 
 ROW_HINT = "each row needs question, options and answer_idx"
-KNOWN_FIELDS = ("id", "question", "options", "answer", "answer_idx")
-
-
-@dataclass(frozen=True)
-class Benchmark:
-    """A benchmark shipped inside the package (m1/benchmarks/data/<filename>)."""
-
-    description: str
-    size: int
-    filename: str
-    aliases: tuple[str, ...] = ()
-
-
-BENCHMARKS: dict[str, Benchmark] = {
-    "medqa": Benchmark(
-        description="MedQA-USMLE 4-option test (US medical licensing exam questions)",
-        size=1273,
-        filename="medqa_usmle_4opt_test.json.gz",
-        aliases=("medqa_usmle", "medqa-usmle"),
-    ),
-}
-
-
-def load_benchmark(name: str, limit: int | None = None, seed: int = 0) -> list[Item]:
-    """Items of a registered benchmark; `limit` takes a seeded, file-ordered sample."""
-    key = _canonical_name(name)
-    bench = BENCHMARKS[key]
-    where = f"m1 package data file {bench.filename}"
-    resource = resources.files("m1.benchmarks") / "data" / bench.filename
-    try:
-        raw = resource.read_bytes()
-    except OSError:
-        raise M1Error(f"{where} is missing; the m1 install is incomplete, reinstall m1") from None
-    items = _parse(_decode(raw, where, gzipped=True), where, default_source=key)
-    if len(items) != bench.size:
-        # A silent change in size would make results incomparable between installs.
-        raise M1Error(f"{where} has {len(items)} questions, expected {bench.size}; reinstall m1")
-    return sample(items, limit, seed)
+KNOWN_FIELDS = ("id", "question", "options", "answer", "answer_idx", "label")
+DATA_SUFFIXES = (".gz", ".jsonl", ".ndjson", ".json", ".csv")
 
 
 def load_file(path: str | Path, limit: int | None = None, seed: int = 0) -> list[Item]:
-    """Items from a user's .json / .jsonl file (see module docstring for shapes)."""
+    """Items from a user's .json / .jsonl / .csv file (see module docstring for shapes)."""
+    return sample(read_file(path), limit, seed)
+
+
+def read_file(path: str | Path, source: str | None = None, id_prefix: str | None = None) -> list[Item]:
+    """Every item of a file. `source` names the items (default: the file name);
+    `id_prefix` makes ids "<prefix>-<id in file, or 4-digit position>" (the registry's ids)."""
     path = Path(path)
     if not path.is_file():
         what = "is a directory" if path.is_dir() else "does not exist"
-        raise M1Error(f"{path} {what}; give the path of a .json or .jsonl question file")
+        raise M1Error(f"{path} {what}; give the path of a .json, .jsonl or .csv question file")
     try:
         raw = path.read_bytes()
     except OSError as e:
         raise M1Error(f"{path} cannot be read ({e.strerror}); check its permissions") from None
-    text = _decode(raw, str(path), gzipped=path.suffix == ".gz")
-    items = _parse(text, str(path), default_source=_source_name(path), jsonl_hint=_is_jsonl_name(path))
-    return sample(items, limit, seed)
+    return parse_bytes(raw, str(path), path.name, source or _source_name(path), id_prefix)
+
+
+def parse_bytes(raw: bytes, where: str, filename: str, source: str, id_prefix: str | None = None) -> list[Item]:
+    """Items from a file's bytes; its name's suffixes pick gzip, CSV or JSON Lines."""
+    suffixes = [s.lower() for s in Path(filename).suffixes]
+    text = _decode(raw, where, gzipped=suffixes[-1:] == [".gz"])
+    return _parse(text, where, source, jsonl_hint=bool({".jsonl", ".ndjson"} & set(suffixes)),
+                  csv_hint=".csv" in suffixes, id_prefix=id_prefix)
 
 
 def sample(items: list[Item], limit: int | None, seed: int) -> list[Item]:
@@ -93,28 +75,12 @@ def sample(items: list[Item], limit: int | None, seed: int) -> list[Item]:
     return [items[i] for i in picked]
 
 
-def _canonical_name(name: str) -> str:
-    wanted = name.strip().lower()
-    for key, bench in BENCHMARKS.items():
-        if wanted == key or wanted in bench.aliases:
-            return key
-    known = ", ".join(
-        f"{k} ({b.size} questions" + (f"; also {', '.join(b.aliases)})" if b.aliases else ")")
-        for k, b in BENCHMARKS.items()
-    )
-    raise M1Error(f'unknown benchmark "{name}"; known benchmarks: {known}; or give the path of a .json/.jsonl file')
-
-
 def _source_name(path: Path) -> str:
     """File name without its data suffixes: questions.jsonl.gz -> questions."""
     name = path.name
-    for suffix in (".gz", ".jsonl", ".ndjson", ".json"):
+    for suffix in DATA_SUFFIXES:
         name = name.removesuffix(suffix)
     return name or "file"
-
-
-def _is_jsonl_name(path: Path) -> bool:
-    return any(s in (".jsonl", ".ndjson") for s in path.suffixes)
 
 
 def _decode(raw: bytes, where: str, gzipped: bool) -> str:
@@ -130,10 +96,13 @@ def _decode(raw: bytes, where: str, gzipped: bool) -> str:
         raise M1Error(f"{where} line {line}: not valid UTF-8 text; save the file as UTF-8") from None
 
 
-def _parse(text: str, where: str, default_source: str, jsonl_hint: bool = False) -> list[Item]:
+def _parse(text: str, where: str, default_source: str, jsonl_hint: bool = False,
+           csv_hint: bool = False, id_prefix: str | None = None) -> list[Item]:
     if not text.strip():
         raise M1Error(f"{where} is empty; it should hold a JSON list or JSON lines of questions ({ROW_HINT})")
-    if jsonl_hint:
+    if csv_hint:
+        rows = _csv_rows(text, where, default_source)
+    elif jsonl_hint:
         rows = _jsonl_rows(text, where, default_source)
     else:
         try:
@@ -149,7 +118,7 @@ def _parse(text: str, where: str, default_source: str, jsonl_hint: bool = False)
         raise M1Error(f"{where} contains no questions; {ROW_HINT}")
     items, seen = [], {}
     for source, index, place, record in rows:
-        item = _item(record, f"{where} {place}", source, f"{source}-{index:04d}")
+        item = _item(record, f"{where} {place}", source, f"{id_prefix or source}-{index:04d}", id_prefix)
         if item.id in seen:
             raise M1Error(f'{where} {place}: field "id" is "{item.id}", already used at {seen[item.id]}; ids must be unique')
         seen[item.id] = place
@@ -182,9 +151,33 @@ def _jsonl_rows(text: str, where: str, source: str) -> list[Row]:
     return rows
 
 
+def _csv_rows(text: str, where: str, source: str) -> list[Row]:
+    """A CSV with a header row; cells can span lines (MedBullets explanations do), so
+    each row is named by the line it starts on."""
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
+        header = reader.fieldnames or []
+        if "question" not in header:
+            raise M1Error(f'{where} line 1: no "question" column (header: {_short(",".join(header), 60)}); '
+                          "the first row must name the columns, e.g. question,opa,opb,opc,opd,answer_idx")
+        rows: list[Row] = []
+        start = reader.line_num + 1
+        for record in reader:
+            if None in record:  # DictReader files surplus cells under the key None
+                raise M1Error(f"{where} line {start}: {len(header) + len(record[None])} cells but the header names "
+                              f"{len(header)} columns; quote cells that contain commas")
+            rows.append((source, len(rows), f"line {start}", {k: v or "" for k, v in record.items()}))
+            start = reader.line_num + 1
+    except csv.Error as e:
+        raise M1Error(f"{where} line {reader.line_num}: unreadable CSV ({e}); fix the quoting") from None
+    return rows
+
+
 def _document_rows(doc: object, where: str, default_source: str) -> list[Row]:
     if isinstance(doc, list):
         return [(default_source, i, f"item {i}", r) for i, r in enumerate(doc)]
+    if isinstance(doc, dict) and isinstance(doc.get("question"), dict):  # pandas DataFrame.to_json()
+        return _column_rows(doc, where, default_source)
     if isinstance(doc, dict) and "question" in doc:  # a one-line JSONL file
         return [(default_source, 0, "line 1", doc)]
     if isinstance(doc, dict):
@@ -197,9 +190,19 @@ def _document_rows(doc: object, where: str, default_source: str) -> list[Row]:
     raise M1Error(f"{where}: top level is {_type_name(doc)}; expected a list of questions or an object mapping source names to lists")
 
 
-def _item(record: object, where: str, source: str, default_id: str) -> Item:
+def _column_rows(doc: dict, where: str, source: str) -> list[Row]:
+    """{"question": {"0": q0, ...}, "opa": {"0": ...}, ...} -> one record per row key."""
+    for column, cells in doc.items():
+        if not isinstance(cells, dict):
+            raise M1Error(f'{where}: column "{column}" is {_type_name(cells)}; in a column dump every key maps row numbers to cells, as "question" does')
+    keys = list(doc["question"])
+    return [(source, i, f'row "{k}"', {c: cells.get(k) for c, cells in doc.items()}) for i, k in enumerate(keys)]
+
+
+def _item(record: object, where: str, source: str, default_id: str, id_prefix: str | None = None) -> Item:
     if not isinstance(record, dict):
         raise M1Error(f"{where}: expected a JSON object, got {_type_name(record)}; {ROW_HINT}")
+    record = _columns_to_options(record)
     question = _required(record, "question", where)
     if not isinstance(question, str):
         raise _bad_type(where, "question", "a string", question)
@@ -212,8 +215,39 @@ def _item(record: object, where: str, source: str, default_id: str) -> Item:
         item_id = default_id
     elif isinstance(item_id, bool) or not isinstance(item_id, (str, int)):
         raise _bad_type(where, "id", "a string or number", item_id)
+    elif id_prefix:
+        item_id = f"{id_prefix}-{item_id}"
     metadata = {k: v for k, v in record.items() if k not in KNOWN_FIELDS}
     return Item(id=str(item_id), question=question, options=options, answer=answer, source=source, metadata=metadata)
+
+
+# Option columns: opa.. (MedMCQA, MedBullets), A.. (letter columns), choice0.. (MMLU CSVs).
+OPTION_COLUMN = re.compile(r"op([a-z])|([A-Z])|choice(\d{1,2})")
+
+
+def _columns_to_options(record: dict) -> dict:
+    """A record without "options" but with option columns -> the same record with "options"."""
+    if "options" in record:
+        return record
+    letters = {}
+    for key in record:
+        m = OPTION_COLUMN.fullmatch(key)
+        if m and (m[3] is None or int(m[3]) < 26):
+            letters[key] = m[1].upper() if m[1] else m[2] or string.ascii_uppercase[int(m[3])]
+    if not letters:
+        return record
+    out = {k: v for k, v in record.items() if k not in letters}
+    # Empty cells are absent options (a 4-option row in a 5-column file), not empty answers.
+    out["options"] = {letter: record[key] for key, letter in sorted(letters.items(), key=lambda kv: kv[1])
+                      if not (record[key] is None or (isinstance(record[key], str) and not record[key].strip()))}
+    answer = record.get("answer")
+    counted = any(key.startswith("choice") for key in letters)
+    if counted and out.get("answer_idx") is None and isinstance(answer, (int, str)) and str(answer).strip().isdigit():
+        # MMLU's CSVs give the answer as a position counting from 0.
+        position = int(str(answer).strip())
+        if position < 26:
+            out["answer_idx"] = string.ascii_uppercase[position]
+    return out
 
 
 def _required(record: dict, field: str, where: str) -> object:
@@ -245,15 +279,18 @@ def _options(raw: object, where: str) -> dict[str, str]:
 
 
 def _answer(record: dict, options: dict[str, str], where: str) -> str:
-    """The answer letter: answer_idx if given, else `answer` as a letter or as option text."""
+    """The answer letter: answer_idx, else label (MedXpertQA), else `answer` as a letter,
+    as an option's text, or as "C. text" (HLE)."""
     letters = ", ".join(options)
-    if record.get("answer_idx") is not None:
-        value = record["answer_idx"]
+    for field in ("answer_idx", "label"):
+        if record.get(field) is None:
+            continue
+        value = record[field]
         if not isinstance(value, str):
-            raise _bad_type(where, "answer_idx", 'a letter such as "B"', value)
+            raise _bad_type(where, field, 'a letter such as "B"', value)
         letter = value.strip().upper()
         if letter not in options:
-            raise M1Error(f'{where}: field "answer_idx" is "{value}", not one of the options {letters}; use one of those letters')
+            raise M1Error(f'{where}: field "{field}" is "{value}", not one of the options {letters}; use one of those letters')
         return letter
     if record.get("answer") is None:
         raise M1Error(f'{where}: field "answer_idx" is missing (and no "answer" to derive it from); {ROW_HINT}')
@@ -265,6 +302,9 @@ def _answer(record: dict, options: dict[str, str], where: str) -> str:
     matches = [k for k, text in options.items() if text.strip().casefold() == value.strip().casefold()]
     if len(matches) == 1:
         return matches[0]
+    prefixed = re.match(r"\s*\(?([A-Za-z])[.):](\s|$)", value)  # "C. text\n", "(C) text"
+    if not matches and prefixed and prefixed[1].upper() in options:
+        return prefixed[1].upper()
     if len(value.strip()) == 1 and value.strip().isalpha():
         raise M1Error(f'{where}: field "answer" is "{value}", not one of the options {letters}; use one of those letters')
     problem = "matches several options" if matches else "is neither an option letter nor the exact text of an option"

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from collections import defaultdict
 from pathlib import Path
 
 from m1.reporting.metrics import summarize
+from m1.reporting.plots import plot_accuracy  # noqa: F401 (kept importable from here)
 
 COLUMNS = ["source", "budget", "n", "accuracy", "ci_low", "ci_high", "unparsed_rate",
            "mean_thinking_tokens", "mean_answer_tokens", "hit_budget_rate"]
@@ -30,34 +30,6 @@ def markdown_table(rows: list[dict]) -> str:
             f"| {r['unparsed_rate']:.1%} | {r['mean_thinking_tokens']:.1f} | {r['mean_answer_tokens']:.1f} "
             f"| {r['hit_budget_rate']:.1%} |")
     return "\n".join(lines) + "\n"
-
-
-def plot_accuracy(rows: list[dict], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    by_source: dict[str, list[dict]] = defaultdict(list)
-    for r in rows:
-        by_source[r["source"]].append(r)
-    for source, rs in sorted(by_source.items()):
-        x = [r["budget"] for r in rs]
-        ax.plot(x, [r["accuracy"] for r in rs], marker="o", label=source)
-        ax.fill_between(x, [r["ci_low"] for r in rs], [r["ci_high"] for r in rs], alpha=0.2)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("thinking budget (tokens)")
-    ax.set_ylabel("accuracy (95% Wilson interval)")
-    ax.set_ylim(0, 1)
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
 
 
 def write_reports(run_dir: Path, records: list[dict], cfg) -> dict:
