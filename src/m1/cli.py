@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--quiet", action="store_true", help="no progress bar")
 
     sub.add_parser("benchmarks", help="list the registered benchmarks")
+    from m1.reporting import cli_report
+
+    cli_report.add_parser(sub)
     return p
 
 
@@ -124,7 +127,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     a = parser.parse_args(argv)
     try:
-        return {"eval": cmd_eval, "benchmarks": cmd_benchmarks}[a.command](a)
+        from m1.reporting import cli_report
+
+        commands = {"eval": cmd_eval, "benchmarks": cmd_benchmarks, "report": cli_report.main}
+        return commands[a.command](a)
     except M1Error as err:
         if a.debug:
             traceback.print_exc()

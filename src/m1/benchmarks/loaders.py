@@ -116,6 +116,12 @@ def _parse(text: str, where: str, default_source: str, jsonl_hint: bool = False,
             rows = _document_rows(doc, where, default_source)
     if not rows:
         raise M1Error(f"{where} contains no questions; {ROW_HINT}")
+    if id_prefix:  # a named benchmark: one source, named after the benchmark
+        sources = list(dict.fromkeys(r[0] for r in rows))
+        if len(sources) > 1:
+            raise M1Error(f'{where} holds several sources ({", ".join(sources)}); a file for benchmark "{id_prefix}" '
+                          "must hold one: keep only its list of questions")
+        rows = [(default_source, *rest) for _, *rest in rows]
     items, seen = [], {}
     for source, index, place, record in rows:
         item = _item(record, f"{where} {place}", source, f"{id_prefix or source}-{index:04d}", id_prefix)

@@ -1,0 +1,244 @@
+"""The data-build config: one YAML (or JSON) file, one typed dataclass per stage.
+
+Relative paths in the file are relative to the file's own folder, so a config means
+the same thing whatever directory `m1 data build` runs from. API keys never go in the
+file: a teacher names the environment variable that holds its key (`api_key_env`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from m1.errors import M1Error
+
+# m1's prompt (question and lettered options follow); "{question}" is replaced, nothing else.
+M1_PROMPT = "Return your final response within \\boxed{}. {question}"
+STAGES = ("collect", "dedup", "difficulty", "distill", "validate", "domains", "select", "format")
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    name: str  # becomes Item.source and the id prefix
+    kind: str  # selfbiorag | headqa | pubmedqa | items (any file m1's loaders read)
+    path: str | None = None  # a local file ...
+    hub: str | None = None  # ... or a Hugging Face dataset id (needs `datasets` and hub access)
+    hub_config: str | None = None
+    split: str = "train"
+    limit: int | None = None  # seeded sample, for trials
+    shuffle: bool | None = None  # None: the global shuffle_options (PubMedQA: never, yes/no/maybe is a scale)
+
+
+@dataclass(frozen=True)
+class CollectConfig:
+    sources: tuple[SourceConfig, ...] = ()
+    shuffle_options: bool = True
+
+
+@dataclass(frozen=True)
+class DedupConfig:
+    benchmarks: tuple[str, ...] | None = None  # None: every benchmark m1 knows that is present here
+    eval_files: tuple[str, ...] = ()  # more eval sets (any file m1's loaders read)
+    data_dir: str | None = None  # where user-supplied benchmarks live (else $M1_DATA_DIR)
+    ngram: int = 13
+    fuzzy_threshold: float = 90.0  # RapidFuzz ratio, 0-100
+    fuzzy_candidates: int = 8  # eval stems scored per pool stem (picked by shared word 3-grams)
+    min_stem_tokens: int = 8  # shorter stems ("Which is true?") also need shared options to match
+    within_pool: bool = True  # drop repeated questions inside the pool (same stem and option set)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """One model that answers the pool to judge difficulty, through any m1 engine."""
+
+    engine: str = "llamacpp"
+    model: str | None = None
+    options: dict = field(default_factory=dict)  # engine options, e.g. base_url for openai
+    name: str | None = None  # label in the stored answers
+    k: int = 1  # samples per question
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_tokens: int = 1024
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class DifficultyConfig:
+    models: tuple[ModelConfig, ...] = ()
+    rule: str = "all_wrong"  # all_wrong (m1's) | pass_rate | none
+    max_pass_rate: float = 0.0  # pass_rate: keep questions answered right at most this often
+    grader: str = "strict"
+    prompt: str = M1_PROMPT
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    """An OpenAI-compatible chat API. `params` go into the request body as given."""
+
+    base_url: str = "http://127.0.0.1:8000/v1"
+    model: str | None = None  # None: the first one the server lists
+    api_key_env: str = "OPENAI_API_KEY"
+    prompt: str = M1_PROMPT
+    system: str | None = None
+    params: dict = field(default_factory=lambda: {"temperature": 0.0, "max_tokens": 8192})
+    concurrency: int = 8
+    rpm: float | None = None  # requests per minute
+    tpm: float | None = None  # tokens per minute (prompt estimate + max_tokens, corrected by usage)
+    max_retries: int = 8
+    timeout_s: float = 600.0
+    backoff_s: float = 1.0
+    backoff_max_s: float = 60.0
+    cache: str | None = None  # SQLite file; None: <out_dir>/cache/teacher.sqlite
+    price_in_per_mtok: float = 0.0  # for the cost total
+    price_out_per_mtok: float = 0.0
+
+
+@dataclass(frozen=True)
+class ValidateConfig:
+    grader: str = "strict"
+    require_reasoning: bool = True  # drop answers that came without any reasoning
+    drop_truncated: bool = True  # drop answers cut by max_tokens
+
+
+@dataclass(frozen=True)
+class DomainsConfig:
+    method: str = "tfidf"  # llm | tfidf | embedding
+    teacher: TeacherConfig | None = None  # llm: None -> the distill teacher, short answers
+    rubric: str = "full"  # full (code, title, description) | titles (for small context windows)
+    fallback: str | None = "tfidf"  # what labels the llm's failures (None: leave them unlabelled)
+    embedding_model: str | None = None  # a sentence-transformers folder or id
+
+
+@dataclass(frozen=True)
+class SetConfig:
+    name: str
+    method: str = "domain"  # domain (m1K: domain, then source, then item) | random | all
+    n: int | None = 1000
+    input: str = "domains"  # the stage whose items are drawn from
+
+
+@dataclass(frozen=True)
+class SelectConfig:
+    sets: tuple[SetConfig, ...] = (SetConfig("m1k", "domain", 1000), SetConfig("m23k", "all", None))
+
+
+@dataclass(frozen=True)
+class FormatConfig:
+    tokenizer: str | None = None  # None: the embedded SmolLM2's; a .gguf file or an HF tokenizer folder/id
+    prompt: str = M1_PROMPT
+    system: str | None = None
+    answer: str = "response"  # response (the teacher's final text) | letter ("C. option text")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    out_dir: str
+    seed: int = 0
+    collect: CollectConfig = CollectConfig()
+    dedup: DedupConfig = DedupConfig()
+    difficulty: DifficultyConfig = DifficultyConfig()
+    distill: TeacherConfig = TeacherConfig()
+    validate: ValidateConfig = ValidateConfig()
+    domains: DomainsConfig = DomainsConfig()
+    select: SelectConfig = SelectConfig()
+    format: FormatConfig = FormatConfig()
+
+    def section(self, stage: str) -> dict:
+        """The settings a stage depends on (what its skip check hashes)."""
+        return {"seed": self.seed, stage: to_dict(getattr(self, stage))}
+
+    @property
+    def teacher_cache(self) -> Path:
+        return Path(self.distill.cache) if self.distill.cache else Path(self.out_dir) / "cache" / "teacher.sqlite"
+
+
+def to_dict(obj) -> object:
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(x) for x in obj]
+    return obj
+
+
+def load_config(path: str | Path) -> DataConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise M1Error(f"data config {path} does not exist; give the path of a YAML file such as configs/data/example.yaml")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix == ".json":
+            raw = json.loads(text)
+        else:
+            import yaml
+
+            raw = yaml.safe_load(text)
+    except ImportError:
+        raise M1Error("reading YAML configs needs PyYAML: pip install 'm1[data]' (or write the config as .json)") from None
+    except Exception as e:  # yaml.YAMLError / JSONDecodeError: their text names line and column
+        raise M1Error(f"{path}: not valid YAML/JSON ({' '.join(str(e).split())}); fix the syntax") from None
+    if not isinstance(raw, dict):
+        raise M1Error(f"{path}: the top level must be a mapping of settings (out_dir, collect, dedup, ...)")
+    raw.setdefault("out_dir", f"runs/data/{path.stem}")
+    cfg = build(DataConfig, raw, str(path))
+    return resolve_paths(cfg, path.parent)
+
+
+def build(cls, raw: object, where: str):
+    """A dataclass from a mapping, checking names and the simple types on the way."""
+    if not isinstance(raw, dict):
+        raise M1Error(f"{where}: expected a mapping for {cls.__name__}, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if "api_key" in unknown:
+        raise M1Error(f"{where}: api_key must not be written in a config; put the key in an environment "
+                      "variable and name it with api_key_env")
+    if unknown:
+        raise M1Error(f"{where}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+    values = {k: _value(hints[k], v, f"{where}: {k}") for k, v in raw.items()}
+    try:
+        return cls(**values)
+    except TypeError as e:
+        raise M1Error(f"{where}: {e}; see configs/data/example.yaml") from None
+
+
+def _value(hint, value, where: str):
+    if value is None:
+        return None
+    args = typing.get_args(hint)
+    if type(None) in args:  # Optional[X]
+        hint = next(a for a in args if a is not type(None))
+        args = typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        return build(hint, value, where)
+    if typing.get_origin(hint) is tuple:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list):
+            raise M1Error(f"{where}: expected a list, got {type(value).__name__}")
+        return tuple(_value(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float, str, bool, dict) and not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise M1Error(f"{where}: expected {hint.__name__}, got {value!r}")
+    return value
+
+
+def resolve_paths(cfg: DataConfig, base: Path) -> DataConfig:
+    """Paths relative to the config file's folder; hub ids and absent tokenizer names stay as they are."""
+
+    def p(x: str | None) -> str | None:
+        return None if x is None else str((base / Path(x).expanduser()).resolve())
+
+    rep = dataclasses.replace
+    sources = tuple(rep(s, path=p(s.path)) for s in cfg.collect.sources)
+    tok = cfg.format.tokenizer
+    if tok is not None and (base / tok).exists():
+        tok = p(tok)
+    return rep(cfg, out_dir=p(cfg.out_dir),
+               collect=rep(cfg.collect, sources=sources),
+               dedup=rep(cfg.dedup, eval_files=tuple(p(f) for f in cfg.dedup.eval_files), data_dir=p(cfg.dedup.data_dir)),
+               distill=rep(cfg.distill, cache=p(cfg.distill.cache)),
+               format=rep(cfg.format, tokenizer=tok))
