@@ -68,7 +68,7 @@ def test_registry():
     ("\\boxed{A} then \\boxed{D}", "D"),
     ("cut off \\boxed{B", "cut off \\boxed{B"),  # unclosed: the whole text
     ("no box at all", "no box at all"),
-    ("\\fbox{B}", "\\fbox{B}"),  # found, but only \boxed{ is unwrapped
+    ("see \\fbox{B} here", "\\fbox{B}"),  # found, but only \boxed{ is unwrapped
 ])
 def test_m1_extract_answer(text, extracted):
     assert m1_compat.extract_answer(text) == extracted

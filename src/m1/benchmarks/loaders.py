@@ -9,9 +9,9 @@ Accepted file shapes (optionally gzip-compressed, e.g. questions.jsonl.gz):
 A record is {"question", "options", "answer_idx"} with optional "answer" and "id";
 "options" is a dict letter -> text or a list (lettered A, B, C, ...). Without
 "options", columns opa, opb, ... (or A, B, ..., or choice0, choice1, ...) are the options.
-The answer is the first of: "answer_idx" (letter), "label" (letter, MedXpertQA),
-"answer" (a letter, an option's exact text, or "C. text" as in HLE; a number for
-choice0.. columns, which count from 0). Every other field is kept in Item.metadata.
+The answer is "answer_idx" (a letter), else "answer" (a letter, an option's exact text,
+or "C. text" as in HLE; a number for choice0.. columns, which count from 0), else
+"label" (a letter, as in MedXpertQA). Every other field is kept in Item.metadata.
 
 Every problem with a file becomes an M1Error whose one-line message names the file,
 the place (1-based JSONL/CSV line, or 0-based item index for JSON) and the field, so the CLI never shows
@@ -32,7 +32,7 @@ from m1.benchmarks.items import Item
 from m1.errors import M1Error
 
 ROW_HINT = "each row needs question, options and answer_idx"
-KNOWN_FIELDS = ("id", "question", "options", "answer", "answer_idx", "label")
+KNOWN_FIELDS = ("id", "question", "options", "answer", "answer_idx")
 DATA_SUFFIXES = (".gz", ".jsonl", ".ndjson", ".json", ".csv")
 
 
@@ -223,7 +223,8 @@ def _item(record: object, where: str, source: str, default_id: str, id_prefix: s
         raise _bad_type(where, "id", "a string or number", item_id)
     elif id_prefix:
         item_id = f"{id_prefix}-{item_id}"
-    metadata = {k: v for k, v in record.items() if k not in KNOWN_FIELDS}
+    known = KNOWN_FIELDS + (("label",) if _label_is_answer(record) else ())
+    metadata = {k: v for k, v in record.items() if k not in known}
     return Item(id=str(item_id), question=question, options=options, answer=answer, source=source, metadata=metadata)
 
 
@@ -285,11 +286,11 @@ def _options(raw: object, where: str) -> dict[str, str]:
 
 
 def _answer(record: dict, options: dict[str, str], where: str) -> str:
-    """The answer letter: answer_idx, else label (MedXpertQA), else `answer` as a letter,
-    as an option's text, or as "C. text" (HLE)."""
+    """The answer letter: answer_idx, else `answer` as a letter, an option's text or
+    "C. text" (HLE), else label (MedXpertQA)."""
     letters = ", ".join(options)
     for field in ("answer_idx", "label"):
-        if record.get(field) is None:
+        if record.get(field) is None or (field == "label" and not _label_is_answer(record)):
             continue
         value = record[field]
         if not isinstance(value, str):
@@ -315,6 +316,11 @@ def _answer(record: dict, options: dict[str, str], where: str) -> str:
         raise M1Error(f'{where}: field "answer" is "{value}", not one of the options {letters}; use one of those letters')
     problem = "matches several options" if matches else "is neither an option letter nor the exact text of an option"
     raise M1Error(f'{where}: field "answer" ("{_short(value)}") {problem}; add "answer_idx" with the letter')
+
+
+def _label_is_answer(record: dict) -> bool:
+    """MedXpertQA's "label" is its answer letter; elsewhere "label" may mean anything."""
+    return record.get("label") is not None and record.get("answer_idx") is None and record.get("answer") is None
 
 
 def _bad_type(where: str, field: str, wanted: str, got: object) -> M1Error:

@@ -189,7 +189,10 @@ def _data_dir(data_dir: str | Path | None) -> Path | None:
 
 def _missing_message(key: str, bench: Benchmark, data_dir: str | Path | None) -> str:
     folder = _data_dir(data_dir)
-    looked = f"looked in {folder}" if folder is not None else f"no --data-dir given and ${ENV_VAR} is not set"
+    if folder is None:
+        looked = f"no --data-dir given and ${ENV_VAR} is not set"
+    else:
+        looked = f"looked in {folder}" + ("" if folder.is_dir() else ", which is not a folder")
     names = " or ".join(bench.user_files)
     return (f'benchmark "{key}" is not shipped with m1 and its file is missing ({looked}); '
             f"put {names} in a folder and pass it as --data-dir or set ${ENV_VAR}")

@@ -39,13 +39,14 @@ class CollectConfig:
 
 @dataclass(frozen=True)
 class DedupConfig:
-    benchmarks: tuple[str, ...] | None = None  # None: every benchmark m1 knows that is present here
+    benchmarks: tuple[str, ...] | None = None  # None or [all]: every benchmark m1 knows that is present; []: none
     eval_files: tuple[str, ...] = ()  # more eval sets (any file m1's loaders read)
     data_dir: str | None = None  # where user-supplied benchmarks live (else $M1_DATA_DIR)
     ngram: int = 13
+    ngram_overlap: float = 0.5  # share of the shorter stem's n-grams found in one eval stem (see dedup.py)
     fuzzy_threshold: float = 90.0  # RapidFuzz ratio, 0-100
     fuzzy_candidates: int = 8  # eval stems scored per pool stem (picked by shared word 3-grams)
-    min_stem_tokens: int = 8  # shorter stems ("Which is true?") also need shared options to match
+    min_stem_tokens: int = 12  # shorter stems ("Which is true?") also need shared options to match
     within_pool: bool = True  # drop repeated questions inside the pool (same stem and option set)
 
 

@@ -2,10 +2,11 @@
 
 m1 (UCSC-VLAA/m1, src/eval/extract_format.py + src/eval/score.py) grades an answer in two steps:
 
-1. extract: take the LAST "\\boxed" (or "\\fbox") and its brace-matched group. If it is a
-   complete "\\boxed{...}", keep the inside; if that inside holds "=", keep what follows
-   the last "=" (left-stripped); if the result is exactly "\\text{...}", unwrap it. No box,
-   an unclosed box, or an "\\fbox{...}" -> the WHOLE text is kept, unchanged (not stripped).
+1. extract: take the LAST "\\boxed" (else the last "\\fbox") up to its brace-matched "}".
+   A "\\boxed{...}" is unwrapped; if the inside holds "=", what follows the last "=" is
+   kept (left-stripped); if the result is exactly "\\text{...}", that is unwrapped too.
+   An "\\fbox{...}" is kept as it is, wrapper and all. No box or an unclosed one (a
+   truncated answer) -> the WHOLE text is kept. Nothing is stripped.
 2. score against the gold option, first that holds:
      "gold_text"         extracted == gold option's text          (case-insensitive)
      "gold_letter_text"  extracted == "X. gold text"              (case-insensitive)
@@ -23,17 +24,18 @@ m1 (UCSC-VLAA/m1, src/eval/extract_format.py + src/eval/score.py) grades an answ
                    (position of its last occurrence; ties -> the earlier option).
      "fuzzy"       the option most similar to the whole text by difflib's ratio (ties ->
                    the later option). Even an empty answer gets a letter (the last option).
-The letter of steps 2's gold rules is the gold letter; the outcome is "correct" when the
+For the three gold rules the letter is the gold letter; the outcome is "correct" when the
 letter equals the gold letter. The official code never reports "unparsed"; we do only when
 there are no options to choose from.
 
 Options reach match_choice as the prompt's option string ("A. text" lines) split again at the
 first ". ", so an option line without ". " (an empty text) is dropped, as it is there.
 
-Known differences from our strict grader, on purpose here: lowercase "the answer is a
-reduction" is not read as A but "A reduction" in free text may be; "vitamin A." is read as
-A; any capital letter between spaces or punctuation ("hepatitis B,") counts; a text naming
-two options is scored by the last one mentioned.
+Where it differs from our strict grader (on purpose here): any capital option letter between
+separators counts, wherever it stands ("vitamin A." -> A, "hepatitis B," -> B, "the answer
+is clearly C" -> C), except "A" followed by a space; a text naming several letters or
+options is scored by the last one mentioned, even in an explanation after the answer;
+lowercase letters are never read by the letter rule (only by the one-character gold check).
 """
 from __future__ import annotations
 

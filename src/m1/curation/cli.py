@@ -1,0 +1,75 @@
+"""`m1 data ...`: build the training sets from a config.
+
+    m1 data build CONFIG [--until STAGE] [--force] [--push-to-hub REPO]
+    m1 data STAGE CONFIG [--force]          one stage, on the outputs already on disk
+
+Wiring (in m1/cli.py): `from m1.curation import cli as data_cli`; in build_parser,
+`data_cli.add_parser(sub)`; in main's commands, `"data": data_cli.main`. Until then,
+`python -m m1.curation.cli data build CONFIG` does the same.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from m1.curation.config import STAGES
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("data", help="build m1K / m23K-style training sets (collect ... format)",
+                              description="Curate SFT data: " + " -> ".join(STAGES) + ". Stages whose inputs "
+                              "and settings are unchanged are skipped.")
+    p.add_argument("action", choices=("build",) + STAGES, help="build: every stage in order; or one stage")
+    p.add_argument("config", help="a data config (YAML), e.g. configs/data/example.yaml")
+    p.add_argument("--until", choices=STAGES, help="build: stop after this stage")
+    p.add_argument("--force", action="store_true", help="rerun stages even when unchanged")
+    p.add_argument("--push-to-hub", metavar="REPO", help="build: push the formatted sets to this HF dataset repo")
+    p.add_argument("--json", action="store_true", help="print the stage manifests as JSON at the end")
+    return p
+
+
+def main(args: argparse.Namespace) -> int:
+    from m1.curation.config import load_config
+    from m1.curation.pipeline import build, push_to_hub, run_stage
+
+    cfg = load_config(args.config)
+    if args.action == "build":
+        results = build(cfg, until=args.until, force=args.force)
+        if args.push_to_hub:
+            if results[-1].stage != "format":
+                print("--push-to-hub needs the build to reach the format stage; drop --until", file=sys.stderr)
+                return 2
+            push_to_hub(cfg, args.push_to_hub)
+    else:
+        if args.until or args.push_to_hub:
+            print("--until and --push-to-hub go with `m1 data build`", file=sys.stderr)
+            return 2
+        results = [run_stage(cfg, args.action, force=args.force)]
+    if args.json:
+        print(json.dumps({r.stage: {"skipped": r.skipped, **r.manifest.__dict__} for r in results}, indent=2,
+                         default=str))
+    else:
+        print(f"outputs in {cfg.out_dir}")
+    return 0
+
+
+def run(argv: list[str] | None = None) -> int:
+    """`python -m m1.curation.cli ...` until m1/cli.py has the subcommand (same errors as the m1 CLI)."""
+    from m1.errors import M1Error
+
+    parser = argparse.ArgumentParser(prog="m1")
+    parser.add_argument("--debug", action="store_true")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    try:
+        return main(args)
+    except M1Error as e:
+        if args.debug:
+            raise
+        print(f"m1: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(run())

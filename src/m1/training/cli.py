@@ -1,0 +1,53 @@
+"""`m1 train CONFIG [key=value ...] [--launcher none|torchrun|accelerate] [--nproc N]`."""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import subprocess
+
+from m1.errors import M1Error
+from m1.training.launch import LAUNCHERS, build_command
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "train", help="fine-tune a model on m1-format reasoning traces (SFT)",
+        description="Supervised fine-tuning with the m1 recipe. CONFIG is a YAML file (see configs/train/); "
+                    "key=value pairs override its fields, e.g. learning_rate=2e-5 max_steps=10.")
+    p.add_argument("config", help="training YAML, e.g. configs/train/example_cpu.yaml")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config fields to override")
+    p.add_argument("--launcher", choices=LAUNCHERS, default="none",
+                   help="none: this process; torchrun: DDP; accelerate: as --accelerate-config says (FSDP, ZeRO-3)")
+    p.add_argument("--nproc", type=int, help="processes (GPUs) per node for torchrun / accelerate")
+    p.add_argument("--accelerate-config", help="accelerate config, e.g. configs/train/accelerate_fsdp.yaml")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved config and the command, run nothing")
+    p.set_defaults(func=main)
+    return p
+
+
+def main(args: argparse.Namespace) -> int:
+    from m1.training.config import load_config
+
+    cfg = load_config(args.config, args.overrides)  # fail here, once, before any launcher starts ranks
+    cfg.check_complete()
+    if args.launcher == "accelerate" and not args.accelerate_config:
+        raise M1Error("--launcher accelerate needs --accelerate-config (configs/train/accelerate_fsdp.yaml "
+                      "or accelerate_zero3.yaml)")
+    cmd = build_command(args.config, args.overrides, args.launcher, args.nproc, args.accelerate_config)
+    if args.dry_run:
+        import yaml
+
+        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+        print(shlex.join(cmd))
+        return 0
+    if args.launcher == "none":
+        from m1.training.run import report
+        from m1.training.train import train
+
+        report(train(cfg))  # in process: an M1Error reaches m1's own handler (and --debug)
+        return 0
+    try:
+        return subprocess.call(cmd, env=os.environ.copy())
+    except FileNotFoundError:
+        raise M1Error(f"{cmd[0]} not found: pip install 'm1[train]' (accelerate ships `accelerate`, torch `torchrun`)") from None

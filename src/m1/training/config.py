@@ -1,0 +1,260 @@
+"""The training config: the m1 paper's SFT recipe as defaults, resolved once, saved.
+
+Values come from a YAML file, then `key=value` overrides from the command line. Fields
+left "auto" (dtype, attention, precision, gradient accumulation) are resolved for the
+machine and world size in `resolve()`; the resolved config is what `train_config.yaml`
+beside the checkpoints records, so a run can be read back exactly.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from m1.errors import M1Error
+
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+ATTENTION = ("auto", "sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
+TRAINERS = ("trl", "hf")
+CONFIG_NAME = "train_config.yaml"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One supervised fine-tune on reasoning traces (defaults: the m1 paper's recipe)."""
+
+    # -- what to train, on what, and where it goes --------------------------------
+    model: str | None = None  # HF folder, hub id, a .gguf file (dequantized), or "embedded" (SmolLM2-135M)
+    gguf_file: str | None = None  # a GGUF file name inside `model` when model is a folder
+    dataset: str | None = None  # a local .json/.jsonl/.parquet file, or a hub id such as UCSC-VLAA/m1K
+    dataset_split: str = "train"
+    limit: int | None = None  # use only the first N records (smoke tests)
+    output_dir: str | None = None
+    # -- how examples are rendered --------------------------------------------------
+    instruction: str | None = None  # appended to each question on its own line (eval's --instruction)
+    system_prompt: str | None = None  # None: whatever the chat template does by default
+    max_length: int = 32768  # the paper's block size; longer examples are truncated
+    packing: bool = False  # several examples per row, positions restart at each one
+    # -- optimisation (paper: lr 1e-5 in the code; the appendix's 1e-4 is a misprint) --
+    learning_rate: float = 1e-5
+    num_train_epochs: float = 5.0
+    max_steps: int = -1  # > 0 overrides epochs (tests, smoke runs)
+    global_batch_size: int = 16  # = per_device_batch_size x gradient_accumulation_steps x world size
+    per_device_batch_size: int = 1
+    gradient_accumulation_steps: int | None = None  # None: derived from the global batch
+    weight_decay: float = 1e-4
+    warmup_ratio: float = 0.05
+    lr_scheduler_type: str = "cosine"
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    max_grad_norm: float = 1.0
+    # -- numerics and memory ---------------------------------------------------------
+    # dtype is what the weights are loaded (and kept) in; bf16 is autocast on top. The
+    # official script loaded fp32 without saying so; here both are explicit and saved.
+    dtype: str = "auto"  # auto: bfloat16 on a GPU that has it, else float32
+    bf16: bool | None = None  # None: on where the hardware has bf16 (a GPU), off on CPU
+    attn_implementation: str = "auto"  # auto: flash_attention_2 if installed on GPU with a half dtype, else sdpa
+    gradient_checkpointing: bool = False
+    # -- LoRA (off: full fine-tune as in the paper) ---------------------------------
+    lora: bool = False
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    merge_and_save: bool = True  # fold the adapter into the weights: an ordinary model folder
+    # -- bookkeeping ---------------------------------------------------------------------
+    trainer: str = "trl"  # trl: TRL SFTTrainer; hf: plain transformers Trainer (same data, same loss)
+    seed: int = 42
+    save_steps: int | None = None  # None: a checkpoint each epoch (as the paper's script); 0: final model only
+    save_total_limit: int | None = None
+    logging_steps: int = 1
+    resume: bool | str = False  # true: the latest checkpoint in output_dir; or a checkpoint folder
+    overwrite: bool = False  # allow a fresh run into an output_dir that already has checkpoints
+    report_to: str = "none"  # e.g. wandb, tensorboard
+    dataloader_num_workers: int = 0
+    trust_remote_code: bool = False
+
+    def __post_init__(self):
+        if self.dtype not in DTYPES:
+            raise M1Error(f"train config: dtype {self.dtype!r} unknown; choose one of {', '.join(DTYPES)}")
+        if self.attn_implementation not in ATTENTION:
+            raise M1Error(f"train config: attn_implementation {self.attn_implementation!r} unknown; "
+                          f"choose one of {', '.join(ATTENTION)}")
+        if self.trainer not in TRAINERS:
+            raise M1Error(f"train config: trainer {self.trainer!r} unknown; choose one of {', '.join(TRAINERS)}")
+        for name in ("max_length", "global_batch_size", "per_device_batch_size", "lora_r", "logging_steps"):
+            if getattr(self, name) <= 0:
+                raise M1Error(f"train config: {name} must be positive, got {getattr(self, name)}")
+        if self.learning_rate <= 0:
+            raise M1Error(f"train config: learning_rate must be positive, got {self.learning_rate}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise M1Error(f"train config: warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.limit is not None and self.limit <= 0:
+            raise M1Error(f"train config: limit must be positive, got {self.limit}")
+
+    # -- resolution -------------------------------------------------------------------------
+    def check_complete(self) -> None:
+        """The fields a run cannot do without (kept out of __post_init__ so overrides can fill them)."""
+        for name in ("model", "dataset", "output_dir"):
+            if not getattr(self, name):
+                raise M1Error(f"train config: {name} is not set; add `{name}: ...` to the YAML or pass {name}=...")
+
+    def resolve(self, world_size: int = 1, cuda: bool | None = None, bf16_ok: bool | None = None,
+                flash_attn: bool | None = None) -> "TrainConfig":
+        """Every "auto" made concrete for this machine and world size (idempotent)."""
+        self.check_complete()
+        if cuda is None or bf16_ok is None or flash_attn is None:
+            import importlib.util
+
+            import torch
+
+            cuda = torch.cuda.is_available() if cuda is None else cuda
+            bf16_ok = (cuda and torch.cuda.is_bf16_supported()) if bf16_ok is None else bf16_ok
+            flash_attn = importlib.util.find_spec("flash_attn") is not None if flash_attn is None else flash_attn
+        dtype = self.dtype if self.dtype != "auto" else ("bfloat16" if bf16_ok else "float32")
+        bf16 = bf16_ok if self.bf16 is None else self.bf16
+        if bf16 and not bf16_ok:
+            raise M1Error("train config: bf16=true but this machine has no bf16 GPU; set bf16=false (fp32 on CPU)")
+        attn = self.attn_implementation
+        if attn == "auto":
+            attn = "flash_attention_2" if cuda and flash_attn and dtype in ("bfloat16", "float16") else "sdpa"
+        if attn.startswith("flash_attention") and dtype == "float32" and not bf16:
+            # flash attention runs only on half-precision activations: bf16 autocast or half weights
+            raise M1Error(f"train config: {attn} needs bf16=true or dtype bfloat16/float16, not plain float32; "
+                          "set bf16=true, dtype=bfloat16 or attn_implementation=sdpa")
+        per_step = self.per_device_batch_size * world_size
+        if self.global_batch_size % per_step:
+            raise M1Error(f"train config: global_batch_size {self.global_batch_size} is not a multiple of "
+                          f"per_device_batch_size {self.per_device_batch_size} x {world_size} process(es); "
+                          "change one of them")
+        accum = self.global_batch_size // per_step
+        if self.gradient_accumulation_steps not in (None, accum):
+            raise M1Error(f"train config: gradient_accumulation_steps={self.gradient_accumulation_steps} disagrees "
+                          f"with global_batch_size {self.global_batch_size} = {self.per_device_batch_size} per device "
+                          f"x {world_size} process(es) x {accum}; leave it unset (it is derived)")
+        return dataclasses.replace(self, dtype=dtype, bf16=bf16, attn_implementation=attn,
+                                   gradient_accumulation_steps=accum)
+
+    # -- (de)serialisation ------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["lora_target_modules"] = list(self.lora_target_modules)
+        return d
+
+    def save(self, path: str | Path, extra: dict | None = None) -> Path:
+        import yaml
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        d = self.to_dict()
+        if extra:
+            d["_resolved"] = extra  # facts of the run (world size, versions), not settings
+        path.write_text(yaml.safe_dump(d, sort_keys=False))
+        return path
+
+
+# -- loading -----------------------------------------------------------------------------------
+def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> TrainConfig:
+    """A YAML file (optional) then `key=value` overrides; unknown keys and bad values -> M1Error."""
+    values: dict = {}
+    where = "command line"
+    if path is not None:
+        import yaml
+
+        path = Path(path)
+        where = str(path)
+        if not path.is_file():
+            raise M1Error(f"train config not found: {path} (pass an existing YAML file, e.g. configs/train/example_cpu.yaml)")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            at = f" line {mark.line + 1}" if mark else ""
+            raise M1Error(f"{path}{at}: not valid YAML ({getattr(e, 'problem', e)}); fix the file") from None
+        if not isinstance(data, dict):
+            raise M1Error(f"{path}: expected a mapping of key: value, got {type(data).__name__}")
+        data.pop("_resolved", None)  # a saved train_config.yaml loads back as a config
+        values.update({k: (v, where) for k, v in data.items()})
+    for item in overrides:
+        if "=" not in item:
+            raise M1Error(f"override {item!r} is not key=value (e.g. learning_rate=2e-5)")
+        k, v = item.split("=", 1)
+        values[k.strip()] = (v, "command line")
+    return from_values(values)
+
+
+def from_values(values: dict[str, tuple[object, str]]) -> TrainConfig:
+    hints = typing.get_type_hints(TrainConfig)
+    kwargs = {}
+    for key, (raw, where) in values.items():
+        if key not in hints:
+            close = difflib.get_close_matches(key, list(hints), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(hints)}"
+            raise M1Error(f"{where}: unknown train config key {key!r}{hint}")
+        try:
+            kwargs[key] = _coerce(raw, hints[key])
+        except (TypeError, ValueError):
+            raise M1Error(f"{where}: {key}={raw!r} is not a valid {_type_name(hints[key])}") from None
+    return TrainConfig(**kwargs)
+
+
+def _coerce(raw, tp):
+    """A YAML or command-line value as the field's type (YAML reads 1e-5 as a string)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if raw is None or (isinstance(raw, str) and raw.strip().lower() in ("none", "null", "~", "")):
+            if type(None) in args:
+                return None
+        errors = []
+        # bool first: "true" must not become the path "true" of a `bool | str` field
+        for sub in sorted((a for a in args if a is not type(None)), key=lambda a: a is not bool):
+            try:
+                return _coerce(raw, sub)
+            except (TypeError, ValueError) as e:
+                errors.append(e)
+        raise ValueError(errors)
+    if origin is tuple:
+        items = raw.split(",") if isinstance(raw, str) else list(raw)
+        return tuple(str(x).strip() for x in items if str(x).strip())
+    if tp is bool:
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower()
+        if text in ("true", "yes", "on", "1"):
+            return True
+        if text in ("false", "no", "off", "0"):
+            return False
+        raise ValueError(raw)
+    if tp is int:
+        if isinstance(raw, bool):
+            raise TypeError(raw)
+        value = float(raw)
+        if value != int(value):
+            raise ValueError(raw)
+        return int(value)
+    if tp is float:
+        if isinstance(raw, bool):
+            raise TypeError(raw)
+        return float(raw)
+    if tp is str:
+        if isinstance(raw, (dict, list, bool)):
+            raise TypeError(raw)
+        return str(raw)
+    raise TypeError(tp)
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def world_size() -> int:
+    """Processes in this run, as torchrun / accelerate launch tell each one."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def config_fields() -> list[str]:
+    return [f.name for f in fields(TrainConfig)]
