@@ -63,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", help="run folder (default: runs/<name>-<config hash>; rerun resumes)")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    sub.add_parser("benchmarks", help="list the registered benchmarks")
+    bm = sub.add_parser("benchmarks", help="list the registered benchmarks and which are present")
+    bm.add_argument("--data-dir", help="folder holding benchmarks m1 does not ship (also $M1_DATA_DIR)")
     from m1.reporting import cli_report
 
     cli_report.add_parser(sub)
@@ -116,10 +117,16 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
 
 def cmd_benchmarks(a: argparse.Namespace) -> int:
-    from m1.benchmarks import BENCHMARKS
+    from m1.benchmarks import SUITES, list_benchmarks
 
-    for name, info in BENCHMARKS.items():
-        print(f"{name:20s} {info}")
+    print("| benchmark | group | split | size | present | source |")
+    print("|---|---|---|---:|---|---|")
+    for b in list_benchmarks(a.data_dir):
+        where = "shipped" if b["shipped"] else f"your file {b['file']}"
+        print(f"| {b['name']} | {b['group']} | {b['split']} | {b['size'] or '?'} | "
+              f"{'yes' if b['present'] else 'no'} | {where} |")
+    for name, members in SUITES.items():
+        print(f"\nsuite {name}: {', '.join(members)}")
     return 0
 
 
