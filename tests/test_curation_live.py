@@ -72,7 +72,7 @@ class FaultProxy:
     attempts ("429", "500", "stall", "truncated"); later attempts go through. Chat requests are
     identified by a hash of their last user message; `events[item]` records what happened."""
 
-    def __init__(self, upstream: str, stall_s: float = 25.0):
+    def __init__(self, upstream: str, stall_s: float = 15.0):
         self.upstream = upstream.removesuffix("/v1")
         self.stall_s = stall_s
         self.plan: dict[str, list[str]] = {}
@@ -86,8 +86,11 @@ class FaultProxy:
                 pass
 
             def do_GET(self):
-                with urllib.request.urlopen(proxy.upstream + self.path, timeout=30) as r:
-                    self._send(r.status, r.read())
+                try:
+                    with urllib.request.urlopen(proxy.upstream + self.path, timeout=30) as r:
+                        self._send(r.status, r.read())
+                except urllib.error.HTTPError as e:  # engines probe endpoints the server lacks
+                    self._send(e.code, e.read())
 
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
@@ -181,7 +184,7 @@ def test_distill_through_faults_answers_every_item_once(proxy, rows, tmp_path):
     faults = [["429"], ["500"], ["stall"], ["truncated"], ["429", "500", "truncated"], ["500", "429"]]
     proxy.plan = {k: list(f) for k, f in zip(keys, faults)}
     cfg = TeacherConfig(base_url=proxy.url, params={"temperature": 0.0, "max_tokens": 8}, concurrency=2,
-                        timeout_s=20, backoff_s=0.05, backoff_max_s=0.5, max_retries=5, rpm=6000, tpm=10 ** 7,
+                        timeout_s=12, backoff_s=0.05, backoff_max_s=0.5, max_retries=5, rpm=6000, tpm=10 ** 7,
                         price_in_per_mtok=1.0, price_out_per_mtok=2.0)
     cache = tmp_path / "teacher.sqlite"
     out, failures, stats = distill(rows, cfg, cache, progress=False)
@@ -219,15 +222,15 @@ def test_killed_build_resumes_without_repeating_finished_items(proxy, tmp_path):
     cfg_path.write_text(json.dumps({
         "out_dir": str(tmp_path / "out"),
         "collect": {"sources": [{"name": "medmcqa", "kind": "selfbiorag", "path": str(FIX / "medmc_qa_train.jsonl"),
-                                 "limit": 10}]},
+                                 "limit": 6}]},
         "dedup": {"benchmarks": [], "eval_files": [str(FIX / "eval_planted.json")]},
         "difficulty": {"rule": "none"},
-        "distill": {"base_url": proxy.url, "params": {"temperature": 0.0, "max_tokens": 32}, "concurrency": 1}}))
+        "distill": {"base_url": proxy.url, "params": {"temperature": 0.0, "max_tokens": 12}, "concurrency": 1}}))
     cmd = [sys.executable, "-m", "m1.curation.cli", "data", "build", str(cfg_path), "--until", "distill"]
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while sum(ev.count("delivered") for ev in proxy.events.values()) < 3:
+    while sum(ev.count("delivered") for ev in proxy.events.values()) < 2:
         assert proc.poll() is None and time.time() < deadline, "the build ended before it could be killed"
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
@@ -235,15 +238,15 @@ def test_killed_build_resumes_without_repeating_finished_items(proxy, tmp_path):
     db = sqlite3.connect(tmp_path / "out" / "cache" / "teacher.sqlite")
     finished = {item_key(json.loads(req)["messages"][-1]["content"]) for (req,) in db.execute("SELECT request FROM replies")}
     db.close()
-    assert 3 <= len(finished) < 10
+    assert 2 <= len(finished) < 6
     asked_before = {k: len(v) for k, v in proxy.events.items()}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     for k in finished:  # nothing finished before the kill was asked for again
         assert len(proxy.events[k]) == asked_before[k], proxy.events[k]
-    assert sum(ev.count("delivered") for ev in proxy.events.values()) >= 10
+    assert sum(ev.count("delivered") for ev in proxy.events.values()) >= 6
     m = json.loads((tmp_path / "out" / "distill" / "manifest.json").read_text())
-    assert m["tables"]["data"] == 10 and m["extra"]["cache_hits"] == len(finished)
+    assert m["tables"]["data"] == 6 and m["extra"]["cache_hits"] == len(finished)
 
 
 def test_difficulty_through_an_engine_applies_its_parameters(server, rows):
@@ -294,10 +297,11 @@ def test_example_config_end_to_end_then_rerun_makes_no_calls(proxy, tmp_path):
     assert requests > 0
     again = build(load_config(cfg_path), log=lambda m: None)
     assert all(r.skipped for r in again) and proxy.chat_requests() == requests
-    # Forcing every stage still makes no teacher call: all answers are cached (difficulty's engine does call).
-    build(load_config(cfg_path), until="domains", force=True, log=lambda m: None)
-    chat_after = [e for ev in proxy.events.values() for e in ev if e != "delivered"]
-    assert len(chat_after) == requests
+    # Forcing distill to run again makes no teacher call either: every answer is in the cache.
+    from m1.curation.pipeline import run_stage
+
+    forced = run_stage(load_config(cfg_path), "distill", force=True, log=lambda m: None)
+    assert not forced.skipped and forced.manifest.extra["requests"] == 0 and proxy.chat_requests() == requests
 
 
 def test_llm_domain_labels_retry_once_then_list_failures(proxy, rows, tmp_path):
@@ -306,9 +310,8 @@ def test_llm_domain_labels_retry_once_then_list_failures(proxy, rows, tmp_path):
 
     cfg = DomainsConfig(method="llm", rubric="titles", fallback="tfidf",
                         teacher=TeacherConfig(base_url=proxy.url, params={"temperature": 0.0, "max_tokens": 6}))
-    two = rows[:2]
-    out, failures, stats = label_domains(two, cfg, TeacherConfig(), tmp_path / "c.sqlite")
-    assert stats["requests"] == 2 + stats["retried"]  # one retry at most per question
-    assert len(out) == 2 and all(r["domain_code"] for r in out)  # failures fell back to TF-IDF
+    out, failures, stats = label_domains(rows[:1], cfg, TeacherConfig(), tmp_path / "c.sqlite")
+    assert stats["requests"] == 1 + stats["retried"]  # one retry at most per question
+    assert len(out) == 1 and all(r["domain_code"] for r in out)  # failures fell back to TF-IDF
     assert {f["id"] for f in failures} == {r["id"] for r in out if r["domain_method"] == "tfidf-fallback"}
     assert all(r["domain_method"] in ("llm", "tfidf-fallback") for r in out)

@@ -65,9 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     bm = sub.add_parser("benchmarks", help="list the registered benchmarks and which are present")
     bm.add_argument("--data-dir", help="folder holding benchmarks m1 does not ship (also $M1_DATA_DIR)")
+    from m1 import compare, regrade
     from m1.reporting import cli_report
 
     cli_report.add_parser(sub)
+    regrade.add_parser(sub)
+    compare.add_parser(sub)
     return p
 
 
@@ -134,9 +137,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     a = parser.parse_args(argv)
     try:
+        from m1 import compare, regrade
         from m1.reporting import cli_report
 
-        commands = {"eval": cmd_eval, "benchmarks": cmd_benchmarks, "report": cli_report.main}
+        commands = {"eval": cmd_eval, "benchmarks": cmd_benchmarks, "report": cli_report.main,
+                    "regrade": regrade.main, "compare": compare.main}
         return commands[a.command](a)
     except M1Error as err:
         if a.debug:

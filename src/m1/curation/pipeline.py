@@ -6,7 +6,9 @@ its inputs and settings are unchanged.
 A stage's input_hash covers its code version, its config section, the content hashes
 of the tables it reads and anything outside the pipeline it depends on (source files,
 eval sets). Distill and LLM domain labelling also resume inside a stage: their answers
-sit in the teacher cache, so rerunning an interrupted stage only asks for what is missing.
+sit in the teacher cache, so rerunning an interrupted stage only asks for what is missing,
+and a distill that left failures (questions still unanswered after every retry) runs
+again on the next build.
 """
 from __future__ import annotations
 
@@ -47,7 +49,10 @@ def run_stage(cfg: DataConfig, stage: str, force: bool = False, log=None) -> Sta
     input_hash = json_hash({"version": VERSIONS[stage], "config": cfg.section(stage),
                             "inputs": {k: m.content_hash for k, m in inputs.items()},
                             "external": _external(cfg, stage)})
-    if not force and (m := is_current(stage_dir, input_hash)):
+    m = None if force else is_current(stage_dir, input_hash)
+    if m is not None and m.tables.get("failures", 0) and stage == "distill":
+        log(f"{stage}: {m.tables['failures']} questions failed last time; asking again (answers come from the cache)")
+    elif m is not None:
         log(f"{stage}: unchanged, skipped ({_summary(m)})")
         return StageResult(stage, True, m, stage_dir)
     started = time.time()

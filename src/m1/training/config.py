@@ -76,6 +76,9 @@ class TrainConfig:
     overwrite: bool = False  # allow a fresh run into an output_dir that already has checkpoints
     report_to: str = "none"  # e.g. wandb, tensorboard
     dataloader_num_workers: int = 0
+    # CPU only: torch threads for this process (None: torch's default). On a shared or
+    # small machine 1 thread can be several times faster than oversubscribed cores.
+    cpu_threads: int | None = None
     trust_remote_code: bool = False
 
     def __post_init__(self):

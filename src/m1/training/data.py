@@ -150,7 +150,8 @@ def render(record: dict, tokenizer, instruction: str | None = None,
            system_prompt: str | None = None) -> tuple[str, str]:
     """(prompt, full text): the prompt ends with the assistant header; full adds the turn and its end."""
     if "text" in record and not any(record.get(k) for k in REASONING_KEYS):
-        return _split_rendered(record["text"], tokenizer), record["text"]
+        text = str(record["text"]).rstrip()  # as below: the turn ends with its end token
+        return _split_rendered(text, tokenizer), text
     messages = [{"role": "user", "content": user_text(record, instruction)}]
     if system_prompt:
         messages.insert(0, {"role": "system", "content": system_prompt})

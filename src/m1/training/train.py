@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -44,6 +45,18 @@ def prepare_rows(cfg: TrainConfig, tokenizer) -> tuple[list[D.Row], list[D.Examp
 
 
 def train(cfg: TrainConfig) -> TrainResult:
+    import torch
+
+    threads = torch.get_num_threads()
+    if cfg.cpu_threads and not torch.cuda.is_available():
+        torch.set_num_threads(cfg.cpu_threads)
+    try:
+        return _train(cfg)
+    finally:
+        torch.set_num_threads(threads)  # the caller's process keeps its own setting
+
+
+def _train(cfg: TrainConfig) -> TrainResult:
     import datasets
     import torch
     import transformers
@@ -66,8 +79,10 @@ def train(cfg: TrainConfig) -> TrainResult:
     if int(os.environ.get("RANK", "0")) == 0:  # every rank resolves the same; one writes
         cfg.save(out / CONFIG_NAME, extra=facts)
 
-    model = load_model(cfg)
+    # Arguments before the model: under accelerate's DeepSpeed ZeRO-3 they switch on
+    # zero.Init, so from_pretrained builds the model already partitioned across GPUs.
     args = _arguments(cfg, cuda=torch.cuda.is_available())
+    model = load_model(cfg)
     if cfg.trainer == "trl":
         from trl import SFTTrainer
 
@@ -151,6 +166,10 @@ def _checkpoint_to_resume(cfg: TrainConfig, out: Path) -> str | None:
     if last is not None and not cfg.overwrite:
         raise M1Error(f"{out} already holds checkpoints ({Path(last).name}); pass resume=true to continue, "
                       "overwrite=true to start again there, or another output_dir")
+    if last is not None and int(os.environ.get("RANK", "0")) == 0:
+        # overwrite: old checkpoints would otherwise pass for this run's on a later resume=true
+        for old in out.glob("checkpoint-*"):
+            shutil.rmtree(old, ignore_errors=True)
     return None
 
 

@@ -1,0 +1,105 @@
+"""Training throughput on the CPU, with and without packing, on the m1 train fixture.
+
+    python bench/train_throughput.py [--model tiny|embedded|FOLDER] [--batch 4] [--max-length 512]
+                                     [--epochs 2] [--threads 1] [--data tests/data/train_m1_tiny.jsonl]
+
+Each setting runs in its own process (so peak RSS is its own): the m1 data path (render,
+mask, pack, Collator) feeding a plain fwd + bwd + AdamW loop, `--epochs` passes over the
+set in a seeded shuffle. Prints one row per setting: real (non-pad) tokens/s, all
+computed tokens/s, the share of pad tokens in the batches, and peak RSS. The first step
+is a warm-up and is not timed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def child(a: argparse.Namespace) -> dict:
+    import torch
+
+    from m1.training import data as D
+    from m1.training.config import TrainConfig
+    from m1.training.model import load_model, load_tokenizer
+    from m1.training.tiny import make_tiny_model
+
+    torch.set_num_threads(a.threads)
+    model_path = a.model
+    if a.model == "tiny":
+        model_path = str(make_tiny_model(Path(tempfile.mkdtemp()) / "tiny"))
+    cfg = TrainConfig(model=model_path, dtype="float32", attn_implementation="sdpa")
+    tok = load_tokenizer(cfg)
+    model = load_model(cfg).train()
+    examples = D.build_examples(D.load_records(a.data), tok, a.max_length)
+    rows = D.pack(examples, a.max_length) if a.packing else D.unpacked(examples)
+    collate = D.Collator(tok.pad_token_id, packed=a.packing)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, betas=(0.9, 0.95), weight_decay=1e-4)
+    rng = random.Random(0)
+    batches = []
+    for _ in range(a.epochs):
+        order = list(range(len(rows)))
+        rng.shuffle(order)
+        batches += [[vars(rows[i]) for i in order[s:s + a.batch]] for s in range(0, len(order), a.batch)]
+    real = computed = 0
+    timed = 0.0
+    for n, rows_ in enumerate(batches):
+        batch = collate(rows_)
+        t = time.perf_counter()
+        loss = model(**batch).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if n == 0:
+            continue  # warm-up
+        timed += time.perf_counter() - t
+        real += sum(len(r["input_ids"]) for r in rows_)
+        computed += batch["input_ids"].numel()
+    return {"packing": a.packing, "steps": len(batches) - 1, "real_tok_s": real / timed,
+            "computed_tok_s": computed / timed, "padding": 1 - real / computed, "rows": len(rows),
+            "examples": len(examples), "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="tiny", help="tiny (random 2-layer Llama), embedded (SmolLM2-135M) or a folder")
+    p.add_argument("--data", default=str(ROOT / "tests" / "data" / "train_m1_tiny.jsonl"))
+    p.add_argument("--batch", type=int, default=4, help="rows per step")
+    p.add_argument("--max-length", type=int, default=512)
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--packing", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.child:
+        print(json.dumps(child(a)))
+        return 0
+    results = []
+    for packing in (False, True):
+        cmd = [sys.executable, __file__, "--child", "--model", a.model, "--data", a.data, "--batch", str(a.batch),
+               "--max-length", str(a.max_length), "--epochs", str(a.epochs), "--threads", str(a.threads)]
+        done = subprocess.run(cmd + (["--packing"] if packing else []), capture_output=True, text=True)
+        if done.returncode:
+            print(done.stderr[-2000:], file=sys.stderr)
+            return done.returncode
+        results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    print(f"model {a.model}, {results[0]['examples']} examples, batch {a.batch} rows, max_length {a.max_length}, "
+          f"{a.threads} thread(s)\n")
+    print("| packing | rows | timed steps | real tok/s | computed tok/s | padding | peak RSS |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for r in results:
+        print(f"| {'on' if r['packing'] else 'off'} | {r['rows']} | {r['steps']} | {r['real_tok_s']:.0f} | "
+              f"{r['computed_tok_s']:.0f} | {r['padding']:.1%} | {r['peak_rss_gb']:.2f} GB |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
