@@ -330,3 +330,16 @@ def test_cli_runs_one_stage_and_reports_errors_in_one_line(tmp_path, capsys):
     assert "m1: error: data config" in capsys.readouterr().err
     assert run(["data", "validate", str(cfg)]) == 2  # distill has not run
     assert "run m1 data build CONFIG --until distill first" in capsys.readouterr().err
+
+
+def test_stems_catch_a_verbatim_copy_that_stem_plus_options_fuzzy_misses(shipped_evals):
+    from rapidfuzz import fuzz
+
+    evals, _ = shipped_evals
+    e = next(x for x in evals if x.id == "medmcqa-0002")  # a long-option MedMCQA validation question
+    copy = shuffle_options(Item("pool-1", e.question, e.options, e.answer, "pool"), seed=1)
+    assert list(copy.options.values()) != list(e.options.values())
+    whole = lambda it: it.question + " " + " ".join(it.options.values())  # noqa: E731
+    assert fuzz.ratio(whole(copy), whole(e)) < 90  # what a stem + options check sees
+    kept, removed, _ = dedup([copy], evals, DedupConfig())
+    assert not kept and removed[0]["rule"] == "exact" and removed[0]["matched_id"] == "medmcqa-0002"

@@ -263,6 +263,11 @@ def test_difficulty_through_an_engine_applies_its_parameters(server, rows):
         assert r["pass_rate"] in (0.0, 0.5, 1.0)
     assert {r["id"] for r in kept} == {r["id"] for r in everything if r["pass_rate"] <= 0.5}
     assert extra["kept"] == len(kept)
+    hot = ModelConfig(engine="openai", options={"base_url": server}, name="hot", k=3, temperature=1.5, max_tokens=12)
+    _, everything, _ = difficulty(three[:1], DifficultyConfig(models=(greedy, hot), rule="all_wrong"))
+    answers = everything[0]["model_answers"]
+    assert [a["model"] for a in answers] == ["greedy"] * 2 + ["hot"] * 3
+    assert len({a["text"] for a in answers[2:]}) > 1  # sampled with seeds seed, seed+1, ...: they differ
 
 
 def test_example_config_end_to_end_then_rerun_makes_no_calls(proxy, tmp_path):

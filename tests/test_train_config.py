@@ -142,3 +142,11 @@ def test_cli_dry_run_prints_config_and_command(capsys):
     bad = parser.parse_args(["train", str(CONFIGS / "example_cpu.yaml"), "max_step=1", "--dry-run"])
     with pytest.raises(M1Error, match="did you mean 'max_steps'"):
         bad.func(bad)
+
+
+def test_run_module_reports_config_errors_in_one_line(tmp_path, capsys):
+    from m1.training import run
+
+    assert run.main([str(tmp_path / "missing.yaml")]) == 2
+    assert capsys.readouterr().err.strip().count("\n") == 0
+    assert run.main([]) == 2 and run.main(["--help"]) == 0

@@ -156,3 +156,18 @@ def test_lora_is_merged_into_an_ordinary_folder(tiny, tmp_path, trainer):
     with torch.no_grad():
         torch.testing.assert_close(reloaded(input_ids=ids).logits, r.model.eval()(input_ids=ids).logits)
         assert not torch.allclose(reloaded(input_ids=ids).logits, base(input_ids=ids).logits)
+
+
+def test_m1_train_cli_in_process(tiny, tmp_path, capsys):
+    import argparse
+
+    from m1.training import cli
+
+    parser = argparse.ArgumentParser(prog="m1")
+    cli.add_parser(parser.add_subparsers(dest="command"))
+    out = tmp_path / "cli"
+    a = parser.parse_args(["train", str(REPO / "configs" / "train" / "example_cpu.yaml"), f"model={tiny}",
+                           f"dataset={FIXTURE}", f"output_dir={out}", "max_steps=1", "save_steps=0", "cpu_threads=1"])
+    assert a.func(a) == 0
+    assert f"model folder: {out}" in capsys.readouterr().out
+    assert (out / "model.safetensors").is_file() and (out / CONFIG_NAME).is_file()

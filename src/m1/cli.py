@@ -66,8 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     bm = sub.add_parser("benchmarks", help="list the registered benchmarks and which are present")
     bm.add_argument("--data-dir", help="folder holding benchmarks m1 does not ship (also $M1_DATA_DIR)")
     from m1 import compare, regrade
+    from m1.curation import cli as data_cli
     from m1.reporting import cli_report
 
+    data_cli.add_parser(sub)
     cli_report.add_parser(sub)
     regrade.add_parser(sub)
     compare.add_parser(sub)
@@ -138,10 +140,11 @@ def main(argv: list[str] | None = None) -> int:
     a = parser.parse_args(argv)
     try:
         from m1 import compare, regrade
+        from m1.curation import cli as data_cli
         from m1.reporting import cli_report
 
         commands = {"eval": cmd_eval, "benchmarks": cmd_benchmarks, "report": cli_report.main,
-                    "regrade": regrade.main, "compare": compare.main}
+                    "regrade": regrade.main, "compare": compare.main, "data": data_cli.main}
         return commands[a.command](a)
     except M1Error as err:
         if a.debug:

@@ -148,7 +148,10 @@ class DataConfig:
 
     def section(self, stage: str) -> dict:
         """The settings a stage depends on (what its skip check hashes)."""
-        return {"seed": self.seed, stage: to_dict(getattr(self, stage))}
+        out = {"seed": self.seed, stage: to_dict(getattr(self, stage))}
+        if stage == "domains" and self.domains.method == "llm" and self.domains.teacher is None:
+            out["distill"] = to_dict(self.distill)  # the labeller is the distill teacher
+        return out
 
     @property
     def teacher_cache(self) -> Path:

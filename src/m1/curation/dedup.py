@@ -70,7 +70,7 @@ class EvalIndex:
     ngram: int
     stems: list[str] = field(default_factory=list)
     options: list[set[str]] = field(default_factory=list)
-    exact: dict[str, int] = field(default_factory=dict)
+    exact: dict[str, list[int]] = field(default_factory=dict)  # short stems recur: keep every eval item
     grams: dict[int, int] = field(default_factory=dict)  # n-gram -> eval item, -1: in several (boilerplate)
     n_grams: list[int] = field(default_factory=list)
     blocks: dict[int, list[int]] = field(default_factory=dict)
@@ -84,7 +84,7 @@ class EvalIndex:
             idx.stems.append(stem)
             idx.options.append({normalize(o) for o in it.options.values()})
             for k in keys:
-                idx.exact.setdefault(k, i)
+                idx.exact.setdefault(k, []).append(i)
             toks = stem.split()
             grams = set(_grams(toks, ngram))
             idx.n_grams.append(len(grams))
@@ -108,9 +108,9 @@ class EvalIndex:
             return not short or len(opts & self.options[i]) * 2 >= min(len(opts), len(self.options[i]))
 
         for k in keys:
-            i = self.exact.get(k)
-            if i is not None and ok(i):
-                return Match("exact", i, 100.0)
+            for i in self.exact.get(k, ()):
+                if ok(i):
+                    return Match("exact", i, 100.0)
         grams = set(_grams(toks, self.ngram))
         shared = Counter(i for i in map(self.grams.get, grams) if i is not None and i >= 0)
         if shared:

@@ -66,7 +66,7 @@ def difficulty(rows: list[dict], cfg: DifficultyConfig) -> tuple[list[dict], lis
         raise M1Error(f'difficulty.rule "{cfg.rule}" needs difficulty.models (which models answer); '
                       'or set rule: none to keep every question')
     per_row: list[list[dict]] = [[] for _ in rows]
-    for mc in cfg.models:
+    for mc in cfg.models if rows else ():  # nothing to answer: do not even start an engine
         for acc, answers in zip(per_row, answer_all(rows, mc, cfg.prompt, cfg.grader)):
             acc.extend(answers)
     everything, kept = [], []

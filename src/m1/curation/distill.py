@@ -17,6 +17,8 @@ from m1.curation.teacher import Failure, ResponseCache, Teacher
 
 def distill(rows: list[dict], cfg: TeacherConfig, cache_path, progress: bool = True) -> tuple[list[dict], list[dict], dict]:
     """(rows with the teacher's answer, failures, stats)."""
+    if not rows:
+        return [], [], {"requests": 0, "answered": 0, "cache_hits": 0}
     cache = ResponseCache(cache_path)
     try:
         teacher = Teacher(cfg, cache)

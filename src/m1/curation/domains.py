@@ -177,6 +177,8 @@ def label_domains(rows: list[dict], cfg: DomainsConfig, distill_cfg: TeacherConf
         raise M1Error(f'domains.fallback is "{cfg.fallback}"; use tfidf or leave it empty')
     quals = qualifiers()
     texts = [row_to_item(r).prompt_text() for r in rows]
+    if not rows:
+        return [], [], {"by_domain": {}, "llm_failures": 0}
     methods = [cfg.method] * len(rows)
     failures, stats = [], {}
     if cfg.method == "tfidf":

@@ -110,9 +110,11 @@ def _external(cfg: DataConfig, stage: str) -> object:
 
 
 def _summary(m: Manifest) -> str:
+    if "data" not in m.tables:  # select, format: one table per set
+        return "; ".join(f"{k} {v} rows" for k, v in m.tables.items())
     parts = ", ".join(f"{k} {v}" for k, v in m.counts_out.items())
     extra = "; ".join(f"{k} {v}" for k, v in m.tables.items() if k != "data")
-    return f"{m.tables.get('data', sum(m.tables.values()))} rows" + (f": {parts}" if parts else "") + \
+    return f"{m.tables['data']} rows" + (f": {parts}" if parts else "") + \
         (f"; {extra}" if extra else "")
 
 
