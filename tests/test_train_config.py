@@ -67,7 +67,8 @@ def test_bad_yaml_and_missing_file(tmp_path):
 def test_resolve_derives_accumulation_and_precision():
     c = TrainConfig(model="m", dataset="d", output_dir="o", per_device_batch_size=1)
     cpu = c.resolve(world_size=1, cuda=False, bf16_ok=False, flash_attn=False)
-    assert (cpu.gradient_accumulation_steps, cpu.dtype, cpu.bf16, cpu.attn_implementation) == (16, "float32", False, "sdpa")
+    assert (cpu.gradient_accumulation_steps, cpu.dtype, cpu.bf16, cpu.attn_implementation) == \
+        (16, "float32", False, "sdpa")
     gpu = c.resolve(world_size=8, cuda=True, bf16_ok=True, flash_attn=True)
     assert (gpu.gradient_accumulation_steps, gpu.dtype, gpu.bf16, gpu.attn_implementation) == \
         (2, "bfloat16", True, "flash_attention_2")
@@ -75,7 +76,8 @@ def test_resolve_derives_accumulation_and_precision():
     with pytest.raises(M1Error, match="not a multiple"):
         TrainConfig(model="m", dataset="d", output_dir="o", per_device_batch_size=3).resolve(1, False, False, False)
     with pytest.raises(M1Error, match="gradient_accumulation_steps=4 disagrees"):
-        TrainConfig(model="m", dataset="d", output_dir="o", gradient_accumulation_steps=4).resolve(1, False, False, False)
+        TrainConfig(model="m", dataset="d", output_dir="o", gradient_accumulation_steps=4).resolve(
+            1, False, False, False)
     with pytest.raises(M1Error, match="no bf16 GPU"):
         TrainConfig(model="m", dataset="d", output_dir="o", bf16=True).resolve(1, False, False, False)
     with pytest.raises(M1Error, match="dataset is not set"):
@@ -114,9 +116,11 @@ def test_shipped_accelerate_configs(name, kind):
 
 
 def test_launch_commands():
-    assert build_command("c.yaml", ["max_steps=2"]) == [sys.executable, "-m", "m1.training.run", "c.yaml", "max_steps=2"]
+    assert build_command("c.yaml", ["max_steps=2"]) == \
+        [sys.executable, "-m", "m1.training.run", "c.yaml", "max_steps=2"]
     t = build_command("c.yaml", [], "torchrun", 4)
-    assert Path(t[0]).name == "torchrun" and t[1:] == ["--standalone", "--nproc_per_node=4", "-m", "m1.training.run", "c.yaml"]
+    assert Path(t[0]).name == "torchrun"
+    assert t[1:] == ["--standalone", "--nproc_per_node=4", "-m", "m1.training.run", "c.yaml"]
     fsdp = str(CONFIGS / "accelerate_fsdp.yaml")
     a = build_command("c.yaml", ["lora=true"], "accelerate", 8, fsdp)
     assert Path(a[0]).name == "accelerate" and a[1:] == \

@@ -50,4 +50,5 @@ def main(args: argparse.Namespace) -> int:
     try:
         return subprocess.call(cmd, env=os.environ.copy())
     except FileNotFoundError:
-        raise M1Error(f"{cmd[0]} not found: pip install 'm1[train]' (accelerate ships `accelerate`, torch `torchrun`)") from None
+        raise M1Error(f"{cmd[0]} not found: pip install 'm1[train]' "
+                      "(accelerate ships `accelerate`, torch `torchrun`)") from None

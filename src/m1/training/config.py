@@ -171,7 +171,8 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
         path = Path(path)
         where = str(path)
         if not path.is_file():
-            raise M1Error(f"train config not found: {path} (pass an existing YAML file, e.g. configs/train/example_cpu.yaml)")
+            raise M1Error(f"train config not found: {path} "
+                          "(pass an existing YAML file, e.g. configs/train/example_cpu.yaml)")
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as e:

@@ -157,7 +157,8 @@ def _checkpoint_to_resume(cfg: TrainConfig, out: Path) -> str | None:
     last = get_last_checkpoint(str(out)) if out.is_dir() else None
     if cfg.resume is True:
         if last is None:
-            raise M1Error(f"resume=true but {out} has no checkpoint-* folder; drop resume or point output_dir at the run")
+            raise M1Error(f"resume=true but {out} has no checkpoint-* folder; "
+                          "drop resume or point output_dir at the run")
         return last
     if isinstance(cfg.resume, str) and cfg.resume:
         if not (Path(cfg.resume) / "trainer_state.json").is_file():
