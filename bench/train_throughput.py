@@ -5,9 +5,12 @@
 
 Each setting runs in its own process (so peak RSS is its own): the m1 data path (render,
 mask, pack, Collator) feeding a plain fwd + bwd + AdamW loop, `--epochs` passes over the
-set in a seeded shuffle. Prints one row per setting: real (non-pad) tokens/s, all
-computed tokens/s, the share of pad tokens in the batches, and peak RSS. The first step
-is a warm-up and is not timed.
+set in a seeded shuffle. Settings: packing off; packing into rows (what sdpa/eager
+training uses: rows padded to the longest, each with its own block-diagonal mask);
+packing flattened (what flash-attention training uses: a micro-batch as one padding-free
+sequence; on sdpa it pays a dense mask over the whole micro-batch). Prints one row per
+setting: real (non-pad) tokens/s, all computed tokens/s, the share of pad tokens in the
+batches, and peak RSS. The first step is a warm-up and is not timed.
 """
 from __future__ import annotations
 
@@ -41,7 +44,7 @@ def child(a: argparse.Namespace) -> dict:
     model = load_model(cfg).train()
     examples = D.build_examples(D.load_records(a.data), tok, a.max_length)
     rows = D.pack(examples, a.max_length) if a.packing else D.unpacked(examples)
-    collate = D.Collator(tok.pad_token_id, packed=a.packing)
+    collate = D.Collator(tok.pad_token_id, packed=a.packing, flatten=a.flatten)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, betas=(0.9, 0.95), weight_decay=1e-4)
     rng = random.Random(0)
     batches = []
@@ -63,7 +66,8 @@ def child(a: argparse.Namespace) -> dict:
         timed += time.perf_counter() - t
         real += sum(len(r["input_ids"]) for r in rows_)
         computed += batch["input_ids"].numel()
-    return {"packing": a.packing, "steps": len(batches) - 1, "real_tok_s": real / timed,
+    mode = "flat" if a.packing and a.flatten else "rows" if a.packing else "off"
+    return {"packing": mode, "steps": len(batches) - 1, "real_tok_s": real / timed,
             "computed_tok_s": computed / timed, "padding": 1 - real / computed, "rows": len(rows),
             "examples": len(examples), "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
 
@@ -77,16 +81,17 @@ def main() -> int:
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--packing", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--flatten", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.child:
         print(json.dumps(child(a)))
         return 0
     results = []
-    for packing in (False, True):
+    for flags in ([], ["--packing"], ["--packing", "--flatten"]):
         cmd = [sys.executable, __file__, "--child", "--model", a.model, "--data", a.data, "--batch", str(a.batch),
                "--max-length", str(a.max_length), "--epochs", str(a.epochs), "--threads", str(a.threads)]
-        done = subprocess.run(cmd + (["--packing"] if packing else []), capture_output=True, text=True)
+        done = subprocess.run(cmd + flags, capture_output=True, text=True)
         if done.returncode:
             print(done.stderr[-2000:], file=sys.stderr)
             return done.returncode
@@ -96,7 +101,7 @@ def main() -> int:
     print("| packing | rows | timed steps | real tok/s | computed tok/s | padding | peak RSS |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for r in results:
-        print(f"| {'on' if r['packing'] else 'off'} | {r['rows']} | {r['steps']} | {r['real_tok_s']:.0f} | "
+        print(f"| {r['packing']} | {r['rows']} | {r['steps']} | {r['real_tok_s']:.0f} | "
               f"{r['computed_tok_s']:.0f} | {r['padding']:.1%} | {r['peak_rss_gb']:.2f} GB |")
     return 0
 

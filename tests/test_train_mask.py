@@ -110,18 +110,46 @@ def test_packing_keeps_masks_and_restarts_positions(tok):
             at += n
         assert at == len(r.input_ids) == len(r.labels)
     assert sorted(pieces) == sorted((tuple(e.input_ids), tuple(e.labels)) for e in examples)
-    # a batch of two rows: one sequence, positions restart at each example, no label on a first token
-    batch = D.Collator(tok.pad_token_id, packed=True)([vars(r) for r in rows[:2]])
-    assert set(batch) == {"input_ids", "labels", "position_ids"}  # no attention mask: positions carry the boundaries
-    pos, labels = batch["position_ids"][0].tolist(), batch["labels"][0].tolist()
+    assert D.padding_share(rows, 2, flatten=True) == 0.0
+    # 3523 tokens need 8 rows of 512 (7 cannot hold 16 examples); balanced, they pad little
+    assert len(rows) == 8 and D.padding_share(rows, 4) < 0.05
+    assert D.padding_share(D.unpacked(examples), 4) > 0.08
+
+
+def check_boundaries(tok, ids, pos, labels, lengths):
+    """Positions restart exactly at each example (and at the padding); no label on a first
+    token; the token before a boundary is the previous example's <|im_end|>, labelled."""
     starts = [i for i, p in enumerate(pos) if p == 0]
-    lengths = rows[0].seq_lengths + rows[1].seq_lengths
     assert starts == [sum(lengths[:k]) for k in range(len(lengths))]
     for s in starts:
-        assert labels[s] == D.IGNORE and batch["input_ids"][0, s] == tok.convert_tokens_to_ids("<|im_start|>")
-        if s:  # the token before a boundary is the previous example's <|im_end|>, and it is labelled
+        assert labels[s] == D.IGNORE
+        if ids[s] != tok.pad_token_id:
+            assert ids[s] == tok.convert_tokens_to_ids("<|im_start|>")
+        if s:
             assert labels[s - 1] == tok.convert_tokens_to_ids("<|im_end|>")
-    assert D.padding_share(rows, 2, packed=True) == 0.0
+
+
+def test_packed_batches_restart_positions_at_each_example(tok):
+    packed = D.pack(D.build_examples(D.load_records(str(FIXTURE)), tok, max_length=256), max_length=512)
+    rows = [max(packed, key=lambda r: len(r.input_ids)), min(packed, key=lambda r: len(r.input_ids))]
+    two = [vars(r) for r in rows]  # the fullest and the emptiest row
+    # flash attention: both rows laid end to end, one sequence, nothing padded
+    flat = D.Collator(tok.pad_token_id, packed=True, flatten=True)(two)
+    assert set(flat) == {"input_ids", "labels", "position_ids"}  # no attention mask: positions carry the boundaries
+    assert flat["input_ids"].shape == (1, len(rows[0].input_ids) + len(rows[-1].input_ids))
+    check_boundaries(tok, flat["input_ids"][0].tolist(), flat["position_ids"][0].tolist(), flat["labels"][0].tolist(),
+                     rows[0].seq_lengths + rows[-1].seq_lengths)
+    # sdpa/eager: rows stay rows; the short one's padding is a segment of its own, unlabelled
+    batch = D.Collator(tok.pad_token_id, packed=True)(two)
+    assert set(batch) == {"input_ids", "labels", "position_ids"}
+    width = batch["input_ids"].shape[1]
+    assert width == len(rows[0].input_ids) > len(rows[-1].input_ids)
+    pad = width - len(rows[-1].input_ids)
+    for i, r in enumerate((rows[0], rows[-1])):
+        lengths = r.seq_lengths + ([pad] if i else [])
+        check_boundaries(tok, batch["input_ids"][i].tolist(), batch["position_ids"][i].tolist(),
+                         batch["labels"][i].tolist(), lengths)
+    assert batch["labels"][1, -pad:].eq(D.IGNORE).all() and batch["position_ids"][1, -pad:].tolist() == list(range(pad))
 
 
 def test_unpacked_batch_pads_right_with_mask(tok):
@@ -133,24 +161,28 @@ def test_unpacked_batch_pads_right_with_mask(tok):
     assert set(batch["labels"][short, n:].tolist()) <= {D.IGNORE}
 
 
-def test_packed_examples_do_not_attend_across_boundaries(tok, tiny):
-    """Logits of a packed row equal each example's logits run alone (tiny random Llama)."""
+@pytest.mark.parametrize("flatten", [False, True])
+def test_packed_examples_do_not_attend_across_boundaries(tok, tiny, flatten):
+    """Logits of packed rows (two rows, one padded) equal each example's logits run alone
+    (tiny random Llama, sdpa)."""
     import torch
 
     from m1.training.model import load_model
 
     model = load_model(TrainConfig(model=str(tiny), dtype="float32", attn_implementation="sdpa")).eval()
-    examples = D.build_examples(D.load_records(str(FIXTURE), limit=3), tok, max_length=256)
-    row = D.pack(examples, max_length=1024)[0]
-    assert len(row.seq_lengths) == 3
-    batch = D.Collator(tok.pad_token_id, packed=True)([vars(row)])
+    examples = D.build_examples(D.load_records(str(FIXTURE), limit=5), tok, max_length=256)
+    rows = D.pack(examples, max_length=700)
+    assert [len(r.seq_lengths) for r in rows] == [3, 2]
+    batch = D.Collator(tok.pad_token_id, packed=True, flatten=flatten)([vars(r) for r in rows])
     with torch.no_grad():
-        packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits[0]
-        at = 0
-        for n in row.seq_lengths:
-            alone = model(input_ids=torch.tensor([row.input_ids[at:at + n]])).logits[0]
-            torch.testing.assert_close(packed[at:at + n], alone, rtol=1e-4, atol=1e-4)
-            at += n
+        out = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits
+        for i, row in enumerate(rows):
+            got = out[0, sum(len(r.input_ids) for r in rows[:i]):] if flatten else out[i]
+            at = 0
+            for n in row.seq_lengths:
+                alone = model(input_ids=torch.tensor([row.input_ids[at:at + n]])).logits[0]
+                torch.testing.assert_close(got[at:at + n], alone, rtol=1e-4, atol=1e-4)
+                at += n
 
 
 def test_trl_completion_only_mask_agrees_but_for_the_trailing_newline(tok, tiny):

@@ -68,8 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     from m1 import compare, regrade
     from m1.curation import cli as data_cli
     from m1.reporting import cli_report
+    from m1.training import cli as train_cli
 
     data_cli.add_parser(sub)
+    train_cli.add_parser(sub)
     cli_report.add_parser(sub)
     regrade.add_parser(sub)
     compare.add_parser(sub)
@@ -142,9 +144,11 @@ def main(argv: list[str] | None = None) -> int:
         from m1 import compare, regrade
         from m1.curation import cli as data_cli
         from m1.reporting import cli_report
+        from m1.training import cli as train_cli
 
         commands = {"eval": cmd_eval, "benchmarks": cmd_benchmarks, "report": cli_report.main,
-                    "regrade": regrade.main, "compare": compare.main, "data": data_cli.main}
+                    "regrade": regrade.main, "compare": compare.main, "data": data_cli.main,
+                    "train": train_cli.main}
         return commands[a.command](a)
     except M1Error as err:
         if a.debug:

@@ -11,13 +11,13 @@ template). Labels are -100 for every token that starts before the end of the ren
 prompt (system + user + assistant header), found from the tokenizer's character
 offsets, so the mask never depends on searching ids for a header.
 
-Packing puts whole examples into rows of at most max_length tokens (first-fit
-decreasing by length), and the collator lays a micro-batch's rows end to end with
-position ids restarting at 0 for each example: transformers turns restarting
-position_ids (with no attention mask) into a block-diagonal causal mask for sdpa/eager
-and into varlen boundaries for flash attention, so packed examples never attend to one
-another; the first token of each example is a prompt token, so no label crosses a
-boundary.
+Packing puts whole examples into rows of at most max_length tokens (as few rows as
+first-fit decreasing finds, balanced in length), with position ids restarting at 0 for each example:
+transformers turns restarting position_ids (with no attention mask) into a
+block-diagonal causal mask for sdpa/eager and into varlen boundaries for flash
+attention, so packed examples never attend to one another; the first token of each
+example is a prompt token, so no label crosses a boundary. With flash attention the
+collator also lays a micro-batch's rows end to end (no padding at all).
 """
 from __future__ import annotations
 
@@ -219,21 +219,38 @@ def build_examples(records: Iterable[dict], tokenizer, max_length: int, instruct
 
 # -- packing ---------------------------------------------------------------------------------
 def pack(examples: Sequence[Example], max_length: int) -> list[Row]:
-    """First-fit decreasing: each row holds whole examples totalling at most max_length tokens."""
-    order = sorted(range(len(examples)), key=lambda i: -len(examples[i].input_ids))
+    """Whole examples into as few rows of at most max_length tokens as first-fit decreasing
+    finds, then spread evenly over that many rows (longest first, each into the lightest
+    row): the same number of steps, but rows of similar length, so a batch of rows pads
+    little even when the last first-fit row would have been nearly empty."""
+    sizes = [len(e.input_ids) for e in examples]
+    order = sorted(range(len(examples)), key=lambda i: -sizes[i])
+    rows = _first_fit(order, sizes, max_length)
+    balanced: list[list[int]] = [[] for _ in rows]
+    load = [0] * len(rows)
+    for i in order:
+        j = min(range(len(rows)), key=lambda r: load[r])
+        if load[j] + sizes[i] > max_length:  # the lightest row is full, so every row is: keep first-fit
+            balanced = rows
+            break
+        balanced[j].append(i)
+        load[j] += sizes[i]
+    return [Row([t for i in row for t in examples[i].input_ids], [t for i in row for t in examples[i].labels],
+                [sizes[i] for i in row]) for row in balanced if row]
+
+
+def _first_fit(order: list[int], sizes: list[int], max_length: int) -> list[list[int]]:
     rows: list[list[int]] = []
     room: list[int] = []
     for i in order:
-        n = len(examples[i].input_ids)
-        slot = next((r for r, free in enumerate(room) if free >= n), None)
+        slot = next((r for r, free in enumerate(room) if free >= sizes[i]), None)
         if slot is None:
             rows.append([])
             room.append(max_length)
             slot = len(rows) - 1
         rows[slot].append(i)
-        room[slot] -= n
-    return [Row([t for i in row for t in examples[i].input_ids], [t for i in row for t in examples[i].labels],
-                [len(examples[i].input_ids) for i in row]) for row in rows]
+        room[slot] -= sizes[i]
+    return rows
 
 
 def unpacked(examples: Sequence[Example]) -> list[Row]:
@@ -249,19 +266,25 @@ class Collator:
     """Rows -> one batch.
 
     Unpacked: right padding + attention mask, as usual.
-    Packed: the micro-batch's rows are laid end to end in ONE sequence (padding-free, as
-    TRL does for packing) with no attention mask and position_ids restarting at every
-    example; transformers makes that a block-diagonal causal mask (sdpa, eager) or varlen
-    flash attention, so examples stay independent and no pad token is computed at all.
+    Packed: no attention mask; position_ids restart at every example, which transformers
+    turns into a block-diagonal causal mask (sdpa, eager) or varlen flash attention, so
+    examples stay independent.
+      flatten=False  rows stay rows, padded to the longest; the padding is one more
+                     "example" with its own positions (and no labels). Attention cost
+                     and the dense mask stay bounded by max_length: right for sdpa/eager.
+      flatten=True   the micro-batch's rows are laid end to end in ONE sequence, no
+                     padding at all (TRL's padding-free packing). Only for flash
+                     attention: sdpa would build a dense (rows x max_length)^2 mask.
     """
 
     pad_token_id: int
     packed: bool = False
+    flatten: bool = False
 
     def __call__(self, rows: list[dict]) -> dict:
         import torch
 
-        if self.packed:
+        if self.packed and self.flatten:
             ids = [t for r in rows for t in r["input_ids"]]
             labels = [t for r in rows for t in r["labels"]]
             pos = position_ids([n for r in rows for n in r["seq_lengths"]])
@@ -271,16 +294,21 @@ class Collator:
         ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
         labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
+        pos = torch.zeros((len(rows), width), dtype=torch.long)
         for i, r in enumerate(rows):
             n = len(r["input_ids"])
             ids[i, :n], labels[i, :n], mask[i, :n] = torch.tensor(r["input_ids"]), torch.tensor(r["labels"]), 1
+            if self.packed:
+                pos[i] = torch.tensor(position_ids(list(r["seq_lengths"]) + ([width - n] if width > n else [])))
+        if self.packed:
+            return {"input_ids": ids, "labels": labels, "position_ids": pos}
         return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
 
-def padding_share(rows: Sequence[Row], batch_size: int, packed: bool = False) -> float:
+def padding_share(rows: Sequence[Row], batch_size: int, flatten: bool = False) -> float:
     """Fraction of pad tokens in batches of `batch_size` consecutive rows as Collator builds them."""
-    if packed:
-        return 0.0  # rows are laid end to end: nothing to pad
+    if flatten:
+        return 0.0  # rows laid end to end: nothing to pad
     pad = total = 0
     for start in range(0, len(rows), batch_size):
         batch = rows[start:start + batch_size]

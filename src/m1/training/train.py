@@ -71,10 +71,12 @@ def _train(cfg: TrainConfig) -> TrainResult:
     tokenizer = load_tokenizer(cfg)
     rows, examples = prepare_rows(cfg, tokenizer)
     dataset = datasets.Dataset.from_list([dataclasses.asdict(r) for r in rows])
-    collator = D.Collator(tokenizer.pad_token_id, packed=cfg.packing)
+    # one padding-free sequence per micro-batch only where attention is varlen (flash)
+    flatten = cfg.packing and cfg.attn_implementation.startswith("flash")
+    collator = D.Collator(tokenizer.pad_token_id, packed=cfg.packing, flatten=flatten)
     facts = {"world_size": world_size(), "examples": len(examples), "rows": len(rows),
              "truncated": sum(e.truncated for e in examples),
-             "padding_share": round(D.padding_share(rows, cfg.per_device_batch_size, cfg.packing), 4),
+             "padding_share": round(D.padding_share(rows, cfg.per_device_batch_size, flatten), 4),
              "versions": _versions()}
     if int(os.environ.get("RANK", "0")) == 0:  # every rank resolves the same; one writes
         cfg.save(out / CONFIG_NAME, extra=facts)
