@@ -1,6 +1,5 @@
 """The `m1` command as a user runs it: main job, resume after a kill, bad input."""
 import json
-import os
 import signal
 import subprocess
 import sys

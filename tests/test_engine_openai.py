@@ -1,11 +1,6 @@
 """OpenAI-compatible engine against a real server: llama-cpp-python's, on the embedded model."""
 import json
-import os
 import socket
-import subprocess
-import sys
-import tempfile
-import time
 import urllib.request
 from pathlib import Path
 
@@ -24,35 +19,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def server():
-    port = free_port()
-    log = tempfile.TemporaryFile()
-    # flash attention off, as the in-process engine pins it
-    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(GGUF), "--host", "127.0.0.1",
-                             "--port", str(port), "--n_ctx", "2048", "--flash_attn", "false"],
-                            stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/v1"
-    deadline = time.time() + 90
-    while True:
-        try:
-            urllib.request.urlopen(url + "/models", timeout=2).read()
-            break
-        except OSError:
-            if proc.poll() is not None or time.time() > deadline:
-                proc.kill()
-                log.seek(0)
-                pytest.fail("llama-cpp-python server did not start:\n" + log.read().decode()[-2000:])
-            time.sleep(0.3)
-    yield url
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
 
 
 @pytest.fixture(scope="module")

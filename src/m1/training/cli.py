@@ -21,7 +21,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="none: this process; torchrun: DDP; accelerate: as --accelerate-config says (FSDP, ZeRO-3)")
     p.add_argument("--nproc", type=int, help="processes (GPUs) per node for torchrun / accelerate")
     p.add_argument("--accelerate-config", help="accelerate config, e.g. configs/train/accelerate_fsdp.yaml")
-    p.add_argument("--dry-run", action="store_true", help="print the config as loaded (autos unresolved) and the command; run nothing")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the config as loaded (autos unresolved) and the command; run nothing")
     p.set_defaults(func=main)
     return p
 
