@@ -42,7 +42,7 @@ class HFEngine:
             raise M1Error(f"unknown dtype {dtype!r} for engine 'hf': choose one of {', '.join(DTYPES)}")
         self.torch = torch
         self.batch_size = max(1, int(batch_size))
-        self.source, self.gguf_file = _resolve(model, gguf_file)
+        self.source, self.gguf_file = resolve_model_source(model, gguf_file)
         self.device = _pick_device(torch, device)
         self.dtype = _pick_dtype(torch, dtype, self.device)
         load = {"trust_remote_code": trust_remote_code}
@@ -170,7 +170,7 @@ class HFEngine:
             self.torch.cuda.empty_cache()
 
 
-def _resolve(model: str, gguf_file: str | None) -> tuple[str, str | None]:
+def resolve_model_source(model: str, gguf_file: str | None) -> tuple[str, str | None]:
     """(folder or hub id, gguf file name) as from_pretrained wants them."""
     path = Path(model).expanduser()
     if model.endswith(".gguf"):

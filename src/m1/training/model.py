@@ -14,18 +14,9 @@ def resolve_source(model: str, gguf_file: str | None = None) -> tuple[str, str |
 
         path = embedded_model_path()
         return str(path.parent), path.name
-    path = Path(model).expanduser()
-    if model.endswith(".gguf"):
-        if not path.is_file():
-            raise M1Error(f"train config: model file not found: {model} (pass an existing .gguf file)")
-        return str(path.parent), path.name
-    if path.exists():
-        if gguf_file and not (path / gguf_file).is_file():
-            raise M1Error(f"train config: GGUF file not found: {path / gguf_file} (check gguf_file)")
-        return str(path), gguf_file
-    if model.startswith(("/", ".", "~")) or model.count("/") > 1:
-        raise M1Error(f"train config: model folder not found: {model} (pass a folder, a .gguf file or a hub id)")
-    return model, gguf_file
+    from m1.engines.hf import resolve_model_source  # the same rules as the hf engine's
+
+    return resolve_model_source(model, gguf_file)
 
 
 def load_tokenizer(cfg: TrainConfig):
