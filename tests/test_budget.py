@@ -97,3 +97,14 @@ def test_plain_format_skips_the_answer_phase_when_the_model_answered(engine, pro
 def test_bad_budget_is_a_clear_error():
     with pytest.raises(M1Error, match="positive"):
         ThinkingParams(budget=0)
+
+
+def test_thinking_records_which_stop_ended_it(engine, prompts, medqa_items):
+    # SmolLM2 was never trained on m1's delimiters: it ends its turn instead of closing its thinking.
+    m1 = BudgetController(engine, get_format("m1"), ThinkingParams(budget=64))
+    for t in m1.think(prompts[:3], keys(medqa_items)[:3]):
+        assert t.ended == "natural" and t.stop == "<|im_end|>"
+    # Cut by the budget: no stop; and the cut view of a natural ending keeps none either.
+    plain = BudgetController(engine, get_format("plain"), ThinkingParams(budget=4))
+    for t in plain.think(prompts[:3], keys(medqa_items)[:3]):
+        assert t.ended == "budget" and t.stop is None and len(t.ids) == 4

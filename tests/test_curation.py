@@ -136,9 +136,28 @@ def test_stem_rules_ngram_short_stems_and_pool_repeats():
     # Pool repeats: same stem and option set in another order -> dropped; other options -> kept.
     a = Item("q1", "What causes scurvy in sailors on long voyages at sea?", {"A": "Vitamin C", "B": "Iron"}, "A", "p")
     b = Item("q2", a.question, {"A": "Iron", "B": "Vitamin C"}, "B", "p")
-    c = Item("q3", a.question, {"A": "Vitamin C", "B": "Zinc"}, "A", "p")
+    c = Item("q3", a.question, {"A": "Copper", "B": "Zinc"}, "A", "p")
     kept, removed, by_rule = dedup([a, b, c], ev, cfg)
     assert [i.id for i in kept] == ["q1", "q3"] and removed[0]["matched_id"] == "q1" and by_rule == {"duplicate": 1}
+
+
+def test_near_duplicates_within_the_pool_keep_the_first():
+    vignette = ("A 62-year-old woman presents with progressive exertional dyspnea over six months, bilateral ankle "
+                "swelling, and an elevated jugular venous pressure; echocardiography shows a dilated left ventricle "
+                "with an ejection fraction of 25 percent. Which drug lowers her mortality?")
+    first = Item("p1", vignette, {"A": "Furosemide", "B": "Sacubitril-valsartan", "C": "Digoxin"}, "B", "medqa")
+    # The same vignette re-typed in another source: a typo, other spacing and punctuation, options reordered.
+    retyped = Item("p2", vignette.replace("dyspnea", "dyspnoea").replace("; ", ". ").replace("25 percent", "25%"),
+                   {"A": "Digoxin", "B": "Furosemide", "C": "Sacubitril-valsartan"}, "C", "medmcqa")
+    other = Item("p3", "A 30-year-old man has a painless penile ulcer with indurated edges three weeks after "
+                       "unprotected intercourse. Which organism is the most likely cause of this lesion?",
+                 {"A": "Treponema pallidum", "B": "Haemophilus ducreyi"}, "A", "medqa")
+    ev = [Item("e1", "Which vitamin deficiency causes scurvy?", {"A": "C", "B": "D"}, "A", "eval")]
+    kept, removed, by_rule = dedup([first, retyped, other], ev, DedupConfig())
+    assert [i.id for i in kept] == ["p1", "p3"] and by_rule == {"near_duplicate": 1}
+    assert removed[0]["id"] == "p2" and removed[0]["matched_id"] == "p1" and removed[0]["score"] >= 90
+    kept, _, by_rule = dedup([first, retyped, other], ev, DedupConfig(within_pool=False))
+    assert len(kept) == 3 and by_rule == {}
 
 
 # ---- validate ----
@@ -197,6 +216,28 @@ def test_m1k_draw_is_domain_then_source_then_item():
     assert select(rows, SetConfig("all", "all", None), 0) == rows
     with pytest.raises(M1Error, match="needs input domains"):
         select(rows, SetConfig("bad", "domain", 5, input="validate"), 0)
+
+
+def test_long_trace_weighting_favours_long_traces_within_each_domain():
+    # Two domains, 20 traces each, lengths 1..20 (teacher completion tokens).
+    rows = [{"id": f"{d}{i}", "source": "x", "domain": d, "completion_tokens": i, "reasoning": "r"}
+            for d in ("a", "b") for i in range(1, 21)]
+    long_set = SetConfig("s1", "domain", 4, weighting="long_trace")
+
+    def top5_share(cfg: SetConfig) -> float:
+        picks = [r for seed in range(50) for r in select(rows, cfg, seed)]
+        return sum(r["completion_tokens"] > 15 for r in picks) / len(picks)
+
+    assert top5_share(long_set) > 0.9  # 2^-rank: the few longest traces nearly always
+    assert top5_share(SetConfig("m1k", "domain", 4)) < 0.45  # uniform: about 5 in 20
+    # Without token counts the reasoning's length decides.
+    by_chars = [{"id": str(i), "source": "x", "domain": "a", "reasoning": "w" * i} for i in range(1, 30)]
+    assert sum(len(r["reasoning"]) for seed in range(20)
+               for r in select(by_chars, SetConfig("s", "domain", 1, weighting="long_trace"), seed)) / 20 > 25
+    with pytest.raises(M1Error, match="applies to method domain only"):
+        select(rows, SetConfig("bad", "random", 4, input="domains", weighting="long_trace"), 0)
+    with pytest.raises(M1Error, match='weighting "longest" unknown'):
+        select(rows, SetConfig("bad", "domain", 4, weighting="longest"), 0)
 
 
 def test_format_renders_the_m1_training_text():

@@ -48,6 +48,7 @@ class FaultProxy:
         self.stall_s = stall_s
         self.plan: dict[str, list[str]] = {}
         self.events: dict[str, list[str]] = defaultdict(list)
+        self.completions: list[str] = []  # prompts of the plain /completions requests (engines)
         self.lock = threading.Lock()
         self.closing = threading.Event()
         proxy = self
@@ -66,6 +67,9 @@ class FaultProxy:
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 if not self.path.endswith("/chat/completions"):  # an engine's completions, tokenize: pass through
+                    if self.path.endswith("/v1/completions"):
+                        with proxy.lock:
+                            proxy.completions.append(str(json.loads(body).get("prompt")))
                     return self._forward(body, "other")
                 item = item_key(json.loads(body)["messages"][-1]["content"])
                 with proxy.lock:
@@ -188,17 +192,22 @@ def test_distill_gives_up_cleanly_and_lists_failures(proxy, rows, tmp_path):
     assert [r["id"] for r in out] == [rows[1]["id"]]
 
 
-def test_killed_build_resumes_without_repeating_finished_items(proxy, tmp_path):
+def six_item_build(tmp_path, until: str, stages: dict) -> tuple[list[str], dict]:
+    """The command (and environment) of `m1 data build` on six MedMCQA items, up to `until`."""
     cfg_path = tmp_path / "c.yaml"
     cfg_path.write_text(json.dumps({
         "out_dir": str(tmp_path / "out"),
         "collect": {"sources": [{"name": "medmcqa", "kind": "selfbiorag", "path": str(FIX / "medmc_qa_train.jsonl"),
                                  "limit": 6}]},
-        "dedup": {"benchmarks": [], "eval_files": [str(FIX / "eval_planted.json")]},
+        "dedup": {"benchmarks": [], "eval_files": [str(FIX / "eval_planted.json")]}, **stages}))
+    cmd = [sys.executable, "-m", "m1.curation.cli", "data", "build", str(cfg_path), "--until", until]
+    return cmd, {**os.environ, "PYTHONPATH": str(REPO / "src")}
+
+
+def test_killed_build_resumes_without_repeating_finished_items(proxy, tmp_path):
+    cmd, env = six_item_build(tmp_path, "distill", {
         "difficulty": {"rule": "none"},
-        "distill": {"base_url": proxy.url, "params": {"temperature": 0.0, "max_tokens": 12}, "concurrency": 1}}))
-    cmd = [sys.executable, "-m", "m1.curation.cli", "data", "build", str(cfg_path), "--until", "distill"]
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+        "distill": {"base_url": proxy.url, "params": {"temperature": 0.0, "max_tokens": 12}, "concurrency": 1}})
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     cache = tmp_path / "out" / "cache" / "teacher.sqlite"
 
@@ -231,6 +240,48 @@ def test_killed_build_resumes_without_repeating_finished_items(proxy, tmp_path):
     assert sum(ev.count("delivered") for ev in proxy.events.values()) >= 6
     m = json.loads((tmp_path / "out" / "distill" / "manifest.json").read_text())
     assert m["tables"]["data"] == 6 and m["extra"]["cache_hits"] == len(finished)
+
+
+def test_killed_difficulty_stage_answers_only_what_is_missing(proxy, tmp_path):
+    cmd, env = six_item_build(tmp_path, "difficulty", {
+        "difficulty": {"rule": "all_wrong", "chunk_size": 1,
+                       "models": [{"engine": "openai", "options": {"base_url": proxy.url}, "max_tokens": 12}]}})
+    journal = tmp_path / "out" / "difficulty" / "answers.journal.jsonl"
+
+    def journaled() -> list[str]:
+        ids = []
+        for line in journal.read_text().splitlines() if journal.is_file() else []:
+            try:
+                ids.append(json.loads(line)["id"])
+            except ValueError:  # a line torn by the kill is not a finished answer
+                pass
+        return ids
+
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while len(journaled()) < 2:
+        assert proc.poll() is None and time.time() < deadline, "the stage ended before it could be killed"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    finished = set(journaled())
+    assert 2 <= len(finished) < 6
+    asked_before = len(proxy.completions)
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    from m1.curation.store import read_table
+
+    pool = read_table(tmp_path / "out" / "collect" / "data.parquet")
+    asked_again = proxy.completions[asked_before:]
+    assert len(asked_again) == len(pool) - len(finished)
+    for row in pool:  # nothing answered before the kill was asked for again
+        if row["id"] in finished:
+            assert not any(row["question"] in p for p in asked_again)
+    m = json.loads((tmp_path / "out" / "difficulty" / "manifest.json").read_text())
+    assert m["tables"]["answers"] == len(pool) and m["extra"]["generated"] == len(pool) - len(finished)
+    answers = read_table(tmp_path / "out" / "difficulty" / "answers.parquet")
+    assert sorted(r["id"] for r in answers) == sorted(r["id"] for r in pool)
+    assert all(len(r["model_answers"]) == 1 for r in answers)
 
 
 def test_difficulty_through_an_engine_applies_its_parameters(server, rows):

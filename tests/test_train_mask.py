@@ -206,3 +206,17 @@ def test_trl_completion_only_mask_agrees_but_for_the_trailing_newline(tok, tiny)
     for ours, theirs in zip(D.build_examples(records, tok, 4096), prepared):
         assert theirs["input_ids"] == ours.input_ids + newline
         assert theirs["labels"] == ours.labels + newline
+
+
+def test_training_prompt_is_the_eval_prompt(tok):
+    """A model trained with the defaults is evaluated by `m1 eval` on the very prompt it was trained on."""
+    from m1.benchmarks.items import Item
+    from m1.config import EvalConfig
+    from m1.engines.llamacpp import GGUFTokenizer, embedded_model_path
+    from m1.evaluate import build_prompt
+
+    item = Item(id="x", source="medqa", question=RECORD["question"], options=RECORD["options"], answer="B")
+    eval_prompt = build_prompt(GGUFTokenizer(embedded_model_path(), vocab_only=True), item, EvalConfig())
+    train_prompt, full = D.render(RECORD, tok, TrainConfig().instruction)
+    assert train_prompt == eval_prompt
+    assert full.startswith(eval_prompt + "<|im_start|>think\n")

@@ -37,9 +37,9 @@ def state_hash(model) -> str:
 # -- the real model ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def smollm(tmp_path_factory):
-    """SmolLM2-135M from its GGUF: one batch of 2 examples (<=256 tokens) for 3 steps."""
+    """SmolLM2-135M from its GGUF: one batch of 2 examples (<=270 tokens) for 3 steps."""
     out = tmp_path_factory.mktemp("smollm") / "run"
-    cfg = TrainConfig(model="embedded", dataset=str(FIXTURE), limit=2, output_dir=str(out), max_length=256,
+    cfg = TrainConfig(model="embedded", dataset=str(FIXTURE), limit=2, output_dir=str(out), max_length=320,
                       num_train_epochs=3, global_batch_size=2, per_device_batch_size=2, learning_rate=1e-4,
                       warmup_ratio=0.0, save_steps=0,  # no checkpoints: 1.6 GB each for this model
                       cpu_threads=1)  # 2 busy cores: one thread is ~4x faster than two
@@ -61,6 +61,8 @@ def test_output_is_an_ordinary_model_folder(smollm):
     saved = load_config(out / CONFIG_NAME)
     assert saved == smollm.config and saved.dtype == "float32" and saved.gradient_accumulation_steps == 1
     assert Path(saved.dataset) == FIXTURE.resolve()
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    assert [h["loss"] for h in history if "loss" in h] == smollm.losses  # the loss curve is kept
 
 
 def test_saved_folder_reloads_with_identical_logits(smollm):
@@ -87,6 +89,50 @@ def test_hf_engine_loads_the_output_and_generates(smollm):
         assert r.token_ids and r.finish_reason in ("length", "stop") and eng.detokenize(r.token_ids) == r.text
     finally:
         eng.close()
+
+
+def test_m1_eval_runs_on_the_output_folder(smollm, tmp_path, capsys):
+    """The handoff the user makes: `m1 eval --engine hf --model OUTPUT_DIR --format m1`."""
+    from m1.cli import main
+
+    run = tmp_path / "eval"
+    assert main(["eval", "--engine", "hf", "--model", str(smollm.output_dir), "--format", "m1", "--limit", "2",
+                 "--budgets", "8,16", "--answer-max-tokens", "8", "--quiet", "--out", str(run)]) == 0
+    records = [json.loads(line) for line in (run / "traces.jsonl").read_text().splitlines()]
+    assert sorted((r["id"], r["budget"]) for r in records) == sorted(
+        (i, b) for i in {r["id"] for r in records} for b in (8, 16)) and len(records) == 4
+    assert all(r["thinking_tokens"] <= r["budget"] for r in records)
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["config"]["format"] == "m1" and saved["environment"]["engine"]["engine"] == "hf"
+    assert saved["environment"]["engine"]["model"] == str(smollm.output_dir)
+    assert (run / "table.md").is_file()
+
+
+def test_export_gguf_serves_the_trained_model_in_llama_cpp(smollm, tmp_path, capsys):
+    from m1.cli import main
+    from m1.engines.base import GenRequest
+    from m1.engines.llamacpp import GGUFTokenizer, LlamaCppEngine, embedded_model_path
+
+    out = tmp_path / "trained.gguf"
+    assert main(["export-gguf", str(smollm.output_dir), "--dtype", "f32", "--out", str(out)]) == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+    eng = LlamaCppEngine(str(out), n_threads=1)
+    try:
+        text = eng.render_chat([{"role": "user", "content": "Which vitamin deficiency causes scurvy?"}])
+        original = GGUFTokenizer(embedded_model_path(), vocab_only=True)
+        assert text == original.render_chat([{"role": "user", "content": "Which vitamin deficiency causes scurvy?"}])
+        ids = eng.encode_prompt(text + "<|im_start|>think\n")
+        assert ids == original.encode_prompt(text + "<|im_start|>think\n")  # the same tokenizer, special tokens too
+        got = eng.generate([GenRequest(tuple(ids), 16)])[0].token_ids
+    finally:
+        eng.close()
+    model = smollm.model.eval()
+    with torch.no_grad():
+        want = model.generate(torch.tensor([ids]), max_new_tokens=16, do_sample=False, use_cache=True)[0][len(ids):]
+    assert got[: len(want)] == want.tolist()  # llama.cpp on the export decodes as the trained weights do
+    # Bad input: a folder that is no model, one line and exit 2.
+    assert main(["export-gguf", str(tmp_path)]) == 2
+    assert "not a model folder" in capsys.readouterr().err
 
 
 # -- a tiny random Llama with the same tokenizer: DDP, resume, LoRA ----------------------------

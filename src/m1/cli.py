@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
 
         commands = {"eval": cmd_eval, "benchmarks": cmd_benchmarks, "report": cli_report.main,
                     "regrade": regrade.main, "compare": compare.main, "data": data_cli.main,
-                    "train": train_cli.main}
+                    "train": train_cli.main, "export-gguf": train_cli.export_main}
         return commands[a.command](a)
     except M1Error as err:
         if a.debug:

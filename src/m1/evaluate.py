@@ -149,6 +149,7 @@ def make_record(item, budget, prompt_text, prompt_ids, th, ans, engine, controll
         "gold": item.answer, "options": item.options,
         "prompt": prompt_text, "prompt_tokens": len(prompt_ids),
         "thinking": thinking_text, "thinking_tokens": len(th.ids), "thinking_ended": th.ended,
+        "thinking_stop": th.stop if th.ended == "natural" else None,
         "hit_budget": th.ended == "budget", "forcing_rounds": th.rounds, "forced_at": th.forced_at,
         "think_finish_reasons": th.finish_reasons,
         "answer_prefix": ans.prefix, "answer": ans.text, "answer_tokens": len(ans.ids),

@@ -47,7 +47,7 @@ class DedupConfig:
     fuzzy_threshold: float = 90.0  # RapidFuzz ratio, 0-100
     fuzzy_candidates: int = 8  # eval stems scored per pool stem (picked by shared word 3-grams)
     min_stem_tokens: int = 12  # shorter stems ("Which is true?") also need shared options to match
-    within_pool: bool = True  # drop repeated questions inside the pool (same stem and option set)
+    within_pool: bool = True  # drop repeats inside the pool: same stem and options, or a near-duplicate stem
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,7 @@ class DifficultyConfig:
     max_pass_rate: float = 0.0  # pass_rate: keep questions answered right at most this often
     grader: str = "strict"
     prompt: str = M1_PROMPT
+    chunk_size: int = 32  # questions per engine call; answers are journaled after each
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,7 @@ class SetConfig:
     method: str = "domain"  # domain (m1K: domain, then source, then item) | random | all
     n: int | None = 1000
     input: str = "domains"  # the stage whose items are drawn from
+    weighting: str = "uniform"  # domain method: uniform item draw (m1K) | long_trace (s1K: favour long traces)
 
 
 @dataclass(frozen=True)

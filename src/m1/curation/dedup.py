@@ -16,7 +16,9 @@ move. Checks, first that fires wins, each against every eval item:
            3-grams with it (an inverted index, not all pairs)
 Short stems ("Which of the following is true?") are shared by unrelated questions, so
 below `min_stem_tokens` words a match also needs half the options in common.
-Within the pool, a repeat of the same stem with the same option set is dropped (first kept).
+Within the pool (`within_pool`), a repeat of the same stem with the same option set is a
+"duplicate"; a later item that the same three checks match to an earlier kept pool item is a
+"near_duplicate" (the pool's own index grows as items are kept). The first is kept.
 Every removal is reported with the eval item it matched and why.
 """
 from __future__ import annotations
@@ -34,7 +36,7 @@ from m1.curation.config import DedupConfig
 from m1.errors import M1Error
 
 BLOCK_N = 3  # word n-grams that pick fuzzy candidates
-MAX_BLOCK_DF = 300  # a 3-gram in more eval stems than this ("which of the") picks nothing
+MAX_BLOCK_DF = 300  # a 3-gram in more stems than this picks no fuzzy candidates
 
 
 _NON_WORD = re.compile(r"[\W_]+")
@@ -77,23 +79,28 @@ class EvalIndex:
 
     @classmethod
     def build(cls, items: list[Item], ngram: int) -> "EvalIndex":
-        idx = cls(items, ngram)
-        for i, it in enumerate(items):
-            keys = stem_keys(it.question)
-            stem = keys[0] if keys else ""
-            idx.stems.append(stem)
-            idx.options.append({normalize(o) for o in it.options.values()})
-            for k in keys:
-                idx.exact.setdefault(k, []).append(i)
-            toks = stem.split()
-            grams = set(_grams(toks, ngram))
-            idx.n_grams.append(len(grams))
-            for g in grams:
-                idx.grams[g] = i if idx.grams.get(g, i) == i else -1
-            for b in set(_grams(toks, BLOCK_N)):
-                idx.blocks.setdefault(b, []).append(i)
-        idx.blocks = {b: v for b, v in idx.blocks.items() if len(v) <= MAX_BLOCK_DF}
+        idx = cls([], ngram)
+        for it in items:
+            idx.add(it)
         return idx
+
+    def add(self, it: Item) -> None:
+        """Index one more item (the pool's own index grows as items are kept)."""
+        i = len(self.items)
+        self.items.append(it)
+        keys = stem_keys(it.question)
+        stem = keys[0] if keys else ""
+        self.stems.append(stem)
+        self.options.append({normalize(o) for o in it.options.values()})
+        for k in keys:
+            self.exact.setdefault(k, []).append(i)
+        toks = stem.split()
+        grams = set(_grams(toks, self.ngram))
+        self.n_grams.append(len(grams))
+        for g in grams:
+            self.grams[g] = i if self.grams.get(g, i) == i else -1
+        for b in set(_grams(toks, BLOCK_N)):
+            self.blocks.setdefault(b, []).append(i)
 
     def match(self, item: Item, cfg: DedupConfig) -> Match | None:
         keys = stem_keys(item.question)
@@ -125,7 +132,9 @@ class EvalIndex:
 
         votes: Counter[int] = Counter()
         for b in set(_grams(toks, BLOCK_N)):
-            votes.update(self.blocks.get(b, ()))
+            hits = self.blocks.get(b, ())
+            if len(hits) <= MAX_BLOCK_DF:  # a 3-gram in many stems ("which of the") picks nothing
+                votes.update(hits)
         best: Match | None = None
         for i, _ in votes.most_common(cfg.fuzzy_candidates):
             score = fuzz.ratio(stem, self.stems[i], score_cutoff=cfg.fuzzy_threshold)
@@ -171,6 +180,7 @@ def dedup(pool: list[Item], evals: list[Item], cfg: DedupConfig) -> tuple[list[I
     if cfg.ngram < 3:
         raise M1Error(f"dedup.ngram is {cfg.ngram}; use 3 or more words (13 is the usual choice)")
     index = EvalIndex.build(evals, cfg.ngram)
+    own = EvalIndex([], cfg.ngram)  # the kept pool items, for near-duplicates within the pool
     kept, removed, seen = [], [], {}
     for pos, item in enumerate(pool):
         if cfg.within_pool:
@@ -182,8 +192,14 @@ def dedup(pool: list[Item], evals: list[Item], cfg: DedupConfig) -> tuple[list[I
         m = index.match(item, cfg)
         if m is not None:
             removed.append(_report(item, evals[m.other], m))
-        else:
-            kept.append(item)
+            continue
+        if cfg.within_pool and (m := own.match(item, cfg)) is not None:
+            removed.append(_report(item, own.items[m.other], Match("near_duplicate", m.other, m.score,
+                                                                    f"{m.rule} {m.detail}".strip())))
+            continue
+        kept.append(item)
+        if cfg.within_pool:
+            own.add(item)
     by_rule = Counter(r["rule"] for r in removed)
     return kept, removed, dict(sorted(by_rule.items()))
 

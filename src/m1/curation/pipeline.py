@@ -5,8 +5,9 @@ its inputs and settings are unchanged.
 
 A stage's input_hash covers its code version, its config section, the content hashes
 of the tables it reads and anything outside the pipeline it depends on (source files,
-eval sets). Distill and LLM domain labelling also resume inside a stage: their answers
-sit in the teacher cache, so rerunning an interrupted stage only asks for what is missing,
+eval sets). Difficulty, distill and LLM domain labelling also resume inside a stage: their
+answers sit in the difficulty journal or the teacher cache, so rerunning an interrupted
+stage only asks for what is missing,
 and a distill that left failures (questions still unanswered after every retry) runs
 again on the next build.
 """
@@ -23,7 +24,7 @@ from m1.curation.store import Manifest, file_hash, is_current, json_hash, read_m
 from m1.errors import M1Error
 
 # Bump a stage's number when its code changes what it writes: reruns it and what follows.
-VERSIONS = {"collect": 1, "dedup": 1, "difficulty": 1, "distill": 1, "validate": 1, "domains": 1, "select": 1,
+VERSIONS = {"collect": 1, "dedup": 1, "difficulty": 2, "distill": 1, "validate": 1, "domains": 1, "select": 1,
             "format": 1}
 
 
@@ -140,10 +141,14 @@ def _dedup(cfg: DataConfig, tables: dict, stage_dir: Path):
             {"removed_by_rule": by_rule, "eval_items": len(evals), "eval_sets": report})
 
 
+JOURNAL = "answers.journal.jsonl"
+
+
 def _difficulty(cfg: DataConfig, tables: dict, stage_dir: Path):
     from m1.curation.difficulty import difficulty
 
-    kept, everything, extra = difficulty(tables["dedup"], cfg.difficulty)
+    # The journal outlives a kill: a rerun generates only the answers it lacks.
+    kept, everything, extra = difficulty(tables["dedup"], cfg.difficulty, stage_dir / JOURNAL, progress=True)
     return {"data": kept, "answers": everything}, extra
 
 

@@ -4,6 +4,10 @@
           within that, each uniform and without replacement (an emptied source or domain
           leaves the draw), until n items. Small domains and sources are thereby
           over-represented relative to their size, which is the point: breadth.
+          weighting: long_trace draws the item as s1K does instead: ranked by the length
+          of the teacher's trace (its completion tokens, else characters), longest first,
+          item of rank r with weight 2^-r. That is steep on purpose: the longest
+          remaining trace is taken about half the time, the next a quarter.
   random  n items uniformly at random (the "random" / "hard-random" ablations, by input).
   all     every item (m23K).
 Each set reads the "data" table of its `input` stage: domains (validated, labelled:
@@ -17,6 +21,7 @@ from m1.curation.config import SetConfig
 from m1.errors import M1Error
 
 METHODS = ("domain", "random", "all")
+WEIGHTINGS = ("uniform", "long_trace")
 INPUTS = ("distill", "validate", "domains")
 
 
@@ -27,6 +32,10 @@ def check_set(s: SetConfig) -> None:
         raise M1Error(f'select set "{s.name}": input "{s.input}" has no teacher traces; use one of {", ".join(INPUTS)}')
     if s.method != "all" and (s.n is None or s.n < 1):
         raise M1Error(f'select set "{s.name}": method {s.method} needs n >= 1 (how many items)')
+    if s.weighting not in WEIGHTINGS:
+        raise M1Error(f'select set "{s.name}": weighting "{s.weighting}" unknown; choose one of {", ".join(WEIGHTINGS)}')
+    if s.weighting != "uniform" and s.method != "domain":
+        raise M1Error(f'select set "{s.name}": weighting {s.weighting} applies to method domain only')
     if s.method == "domain" and s.input != "domains":
         raise M1Error(f'select set "{s.name}": method domain needs input domains (items labelled with a domain)')
 
@@ -46,9 +55,21 @@ def select(rows: list[dict], s: SetConfig, seed: int) -> list[dict]:
         domain = rng.choice(sorted(pools))
         source = rng.choice(sorted(pools[domain]))
         items = pools[domain][source]
-        chosen.append(items.pop(rng.randrange(len(items))))
+        chosen.append(items.pop(_pick_long(rng, items) if s.weighting == "long_trace" else rng.randrange(len(items))))
         if not items:
             del pools[domain][source]
             if not pools[domain]:
                 del pools[domain]
     return chosen
+
+
+def trace_length(row: dict) -> int:
+    return int(row.get("completion_tokens") or 0) or len(row.get("reasoning") or "")
+
+
+def _pick_long(rng: random.Random, items: list[dict]) -> int:
+    """Index of an item drawn with weight 2^-rank by trace length (rank 0: the longest)."""
+    order = sorted(range(len(items)), key=lambda i: (-trace_length(items[i]), i))
+    # 2^-r underflows past r ~ 1074; those items are as good as never drawn anyway.
+    weights = [2.0 ** -r for r in range(len(order))]
+    return order[rng.choices(range(len(order)), weights=weights)[0]]

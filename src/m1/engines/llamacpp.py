@@ -147,7 +147,10 @@ class GGUFTokenizer:
             self._model = None
 
     def __del__(self):
-        self.close()
+        try:
+            self.close()
+        except (TypeError, AttributeError):  # at interpreter exit llama_cpp may be torn down first
+            pass
 
 
 class LlamaCppEngine(GGUFTokenizer):

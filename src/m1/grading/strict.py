@@ -1,17 +1,19 @@
 """Strict answer extraction: read the chosen letter from a model's answer text.
 
 Rules, first that yields a letter wins (the `rule` names in Grade):
-  "boxed"        the LAST \\boxed{...}: a letter, "X. text", "X) text", "(X)", \\text{X},
+  "boxed"        the LAST \\boxed{...} (or \\fbox{...}): a letter, "X. text", "X) text", "(X)", \\text{X},
                  or exactly one option's text. If the last box holds none of these we do
                  not look at earlier boxes (the model's final word was not a choice) but
                  go on to the next rules.
   "phrase"       "answer is X", "answer is: X", "answer is (X)", "Answer: X",
                  "Final Answer: X" (any case for the words), or such a phrase followed
                  by exactly one option's text on the rest of its line ("Answer:
-                 Tenecteplase"); the last accepted one wins.
+                 Tenecteplase"); the last accepted one wins. Failing those, a line that
+                 opens with the letter and says so: "C is the answer", "(B) is the
+                 correct answer", "Option D is the best answer" (never "Vitamin A is...").
   "leading"      the first line is a choice and nothing else: a letter alone ("C", "C.",
                  "(C)") or a letter with exactly its option's text ("C. Polyarteritis
-                 nodosa") - how models answer right after an answer delimiter.
+                 nodosa"), also in bold - how models answer right after an answer delimiter.
   "option_text"  the whole text, minus a trailing period, is exactly one option's text.
 Nothing matched -> letter None, outcome "unparsed" (scored as wrong).
 
@@ -61,7 +63,7 @@ def _extract(text: str, options: dict[str, str]) -> tuple[str | None, str]:
         letter = _letter_from_box(box, options)
         if letter:
             return letter, "boxed"
-    letter = _letter_from_phrases(text, options)
+    letter = _letter_from_phrases(text, options) or _letter_is_the_answer(text, options)
     if letter:
         return letter, "phrase"
     letter = _leading_choice(text, options)
@@ -76,19 +78,19 @@ def _extract(text: str, options: dict[str, str]) -> tuple[str | None, str]:
 # ---- \boxed{...} ----
 
 def _last_boxed(text: str) -> str | None:
-    """Content of the last complete \\boxed{...}, braces matched (for \\boxed{\\text{C}})."""
-    start = text.rfind("\\boxed{")
-    while start != -1:
-        depth, i = 1, start + len("\\boxed{")
+    """Content of the last complete \\boxed{...} or \\fbox{...}, braces matched (for \\boxed{\\text{C}})."""
+    starts = sorted((m.start(), m.end()) for m in _BOX.finditer(text))
+    for start, open_end in reversed(starts):  # an unclosed one (truncated output): try an earlier one
+        depth, i = 1, open_end
         while i < len(text) and depth:
             depth += {"{": 1, "}": -1}.get(text[i], 0)
             i += 1
         if depth == 0:
-            return text[start + len("\\boxed{"): i - 1]
-        start = text.rfind("\\boxed{", 0, start)  # unclosed (truncated output): try an earlier one
+            return text[open_end: i - 1]
     return None
 
 
+_BOX = re.compile(r"\\(?:boxed|fbox)\{")
 _LATEX_WRAPPER = re.compile(r"\\(?:text|textbf|mathrm|mathbf|mathit|textit|operatorname)\s*\{([^{}]*)\}")
 _LETTER_FIRST = re.compile(r"^\(?([A-Za-z])\s*(?:[.):]|\)\.?)(?:\s+(.*))?$", re.S)
 
@@ -112,6 +114,8 @@ def _letter_from_box(content: str, options: dict[str, str]) -> str | None:
 
 def _leading_choice(text: str, options: dict[str, str]) -> str | None:
     first = text.strip().split("\n", 1)[0].strip()
+    if first[:2] in ("**", "__") and first.endswith(first[:2]):  # a bold first line: **C. Aspirin**
+        first = first[2:-2].strip()
     bare = _trim(first)
     if len(bare) == 1 and bare in options:  # uppercase only: a lone "a" is a word
         return bare
@@ -144,6 +148,17 @@ def _letter_from_phrases(text: str, options: dict[str, str]) -> str | None:
         if letter:
             found = letter
     return found
+
+
+# "C is the answer", "(B) is the correct answer": the letter must open a line, so that
+# "Vitamin A is the answer" never reads as choice A.
+_IS_THE_ANSWER = re.compile(r"(?m)^[ \t*_]*(?:(?i:option|choice)\s+)?\(?([A-Z])\)?[*_]*\s+is\s+the\s+"
+                            r"(?:(?i:correct|right|best|most\s+likely|final)\s+)?(?i:answer)\b")
+
+
+def _letter_is_the_answer(text: str, options: dict[str, str]) -> str | None:
+    found = [m.group(1) for m in _IS_THE_ANSWER.finditer(text) if m.group(1) in options]
+    return found[-1] if found else None
 
 
 def _standalone_letter(rest: str, options: dict[str, str]) -> str | None:

@@ -403,7 +403,7 @@ SCRIPT = r"""
     }
     return ol;
   }
-  const SHOWN = new Set(["q", "budget", "prompt", "prompt_tokens", "thinking", "thinking_tokens", "thinking_ended",
+  const SHOWN = new Set(["q", "budget", "prompt", "prompt_tokens", "thinking", "thinking_tokens", "thinking_ended", "thinking_stop",
     "hit_budget", "forcing_rounds", "forced_at", "think_finish_reasons", "answer_prefix", "answer", "answer_tokens",
     "answer_finish_reason", "graded_text", "letter", "outcome", "rule", "correct"]);
 
@@ -418,7 +418,7 @@ SCRIPT = r"""
         el("button", {class: "act", id: "btn-compare", onclick: () => openCompare(i)}, "compare across budgets")),
       el("div", {class: "stats"}, stat("gold", qq.gold), stat("extracted", t.letter), stat("rule", t.rule),
         stat("prompt tok", t.prompt_tokens), stat("thinking tok", txt(t.thinking_tokens) + " / " + t.budget),
-        stat("thinking ended", t.thinking_ended), stat("hit budget", t.hit_budget ? "yes" : "no"),
+        stat("thinking ended", t.thinking_ended), stat("thinking stop", t.thinking_stop), stat("hit budget", t.hit_budget ? "yes" : "no"),
         stat("forcing rounds", t.forcing_rounds), stat("forced at", t.forced_at),
         stat("think finish", t.think_finish_reasons), stat("answer tok", t.answer_tokens),
         stat("answer finish", t.answer_finish_reason)),

@@ -57,6 +57,9 @@ class Thinking:
     forced_at: list[int] = field(default_factory=list)  # positions where "Wait" went in
     finish_reasons: list[str] = field(default_factory=list)
     generated: int = 0  # ids the engine produced, dropped delimiters included
+    # Text of the stop that ended the last round (the think delimiter, or the end of the
+    # turn when the model skipped it); None when the budget ended thinking.
+    stop: str | None = None
 
     @property
     def rounds(self) -> int:
@@ -146,6 +149,7 @@ class BudgetController:
                 room = budget - len(s.ids)
                 if res.finish_reason == "stop" and res.stop_index <= room:
                     s.ids += res.token_ids[: res.stop_index]
+                    s.stop = self.engine.detokenize(res.token_ids[res.stop_index:])
                     if s.rounds >= p.forcing_rounds:
                         s.ended = "natural"
                         continue

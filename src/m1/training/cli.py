@@ -24,7 +24,25 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true",
                    help="print the config as loaded (autos unresolved) and the command; run nothing")
     p.set_defaults(func=main)
+    x = subparsers.add_parser(
+        "export-gguf", help="write a trained model folder as GGUF for the embedded llama.cpp engine",
+        description="A model trained from a GGUF (e.g. the embedded SmolLM2) back to GGUF: the source file's "
+                    "tokenizer and metadata, the trained weights. Then: m1 eval --model FILE.gguf --format m1")
+    x.add_argument("model_dir", help="output_dir of m1 train")
+    x.add_argument("--dtype", choices=("f16", "f32"), default="f16")
+    x.add_argument("--out", help="GGUF file to write (default: MODEL_DIR/model-<dtype>.gguf)")
+    x.add_argument("--source", help="the GGUF the model was trained from (default: from its train_config.yaml)")
+    x.set_defaults(func=export_main)
     return p
+
+
+def export_main(args: argparse.Namespace) -> int:
+    from m1.training.export import export_gguf
+
+    out = export_gguf(args.model_dir, args.out, args.dtype, args.source)
+    print(f"wrote {out}")
+    print(f"evaluate it: m1 eval --model {out} --format m1")
+    return 0
 
 
 def main(args: argparse.Namespace) -> int:

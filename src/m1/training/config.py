@@ -15,6 +15,7 @@ import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from m1.config import M1_INSTRUCTION
 from m1.errors import M1Error
 
 DTYPES = ("auto", "bfloat16", "float16", "float32")
@@ -35,7 +36,9 @@ class TrainConfig:
     limit: int | None = None  # use only the first N records (smoke tests)
     output_dir: str | None = None
     # -- how examples are rendered --------------------------------------------------
-    instruction: str | None = None  # appended to each question on its own line (eval's --instruction)
+    # Appended to each question on its own line; the default is m1 eval's default
+    # --instruction, so a trained model is evaluated on the prompt it was trained on.
+    instruction: str | None = M1_INSTRUCTION
     system_prompt: str | None = None  # None: whatever the chat template does by default
     max_length: int = 32768  # the paper's block size; longer examples are truncated
     packing: bool = False  # several examples per row, positions restart at each one
@@ -66,6 +69,9 @@ class TrainConfig:
     lora_dropout: float = 0.05
     lora_target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
     merge_and_save: bool = True  # fold the adapter into the weights: an ordinary model folder
+    # f16 | f32: also write output_dir/model-<dtype>.gguf for the embedded llama.cpp engine
+    # (models trained from a GGUF only: its tokenizer metadata is reused; see training/export.py)
+    export_gguf: str | None = None
     # -- bookkeeping ---------------------------------------------------------------------
     trainer: str = "trl"  # trl: TRL SFTTrainer; hf: plain transformers Trainer (same data, same loss)
     seed: int = 42
@@ -98,6 +104,8 @@ class TrainConfig:
             raise M1Error(f"train config: warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.limit is not None and self.limit <= 0:
             raise M1Error(f"train config: limit must be positive, got {self.limit}")
+        if self.export_gguf not in (None, "f16", "f32"):
+            raise M1Error(f"train config: export_gguf {self.export_gguf!r} unknown; choose f16, f32 or null")
 
     # -- resolution -------------------------------------------------------------------------
     def check_complete(self) -> None:

@@ -103,6 +103,7 @@ def save_final(trainer, tokenizer, cfg: TrainConfig):
         trainer.save_model(str(out))  # gathers FSDP / ZeRO-3 shards; an adapter folder when lora without merge
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(str(out))
+        trainer.save_state()  # trainer_state.json: the loss at every logged step, beside the model
     trainer.accelerator.wait_for_everyone()
     return model
 

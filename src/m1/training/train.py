@@ -99,6 +99,10 @@ def _train(cfg: TrainConfig) -> TrainResult:
                                        processing_class=tokenizer)
     trainer.train(resume_from_checkpoint=resume_from)
     saved = save_final(trainer, tokenizer, cfg)
+    if cfg.export_gguf and trainer.is_world_process_zero():
+        from m1.training.export import export_gguf
+
+        export_gguf(out, dtype=cfg.export_gguf)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     return TrainResult(out, cfg, losses, trainer.state.global_step, facts["examples"], facts["rows"],
                        facts["truncated"], facts["padding_share"], time.perf_counter() - t0, saved)
