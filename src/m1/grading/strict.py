@@ -14,6 +14,8 @@ Rules, first that yields a letter wins (the `rule` names in Grade):
   "leading"      the first line is a choice and nothing else: a letter alone ("C", "C.",
                  "(C)") or a letter with exactly its option's text ("C. Polyarteritis
                  nodosa"), also in bold - how models answer right after an answer delimiter.
+                 A text (or an answer phrase) followed by the options listed again, "A. ..."
+                 then "B. ..." on the next line, is a restatement, not choice A.
   "option_text"  the whole text, minus a trailing period, is exactly one option's text.
 Nothing matched -> letter None, outcome "unparsed" (scored as wrong).
 
@@ -112,7 +114,20 @@ def _letter_from_box(content: str, options: dict[str, str]) -> str | None:
     return None
 
 
+_OPTION_LINE = re.compile(r"^[ \t*_]*\(?([A-Z])\s*[.):]")
+
+
+def _lists_options(text: str, options: dict[str, str]) -> bool:
+    """The text opens with a list of options ("A. ...", then "B. ..." on the next line):
+    a model restating the choices, not choosing the first of them."""
+    lines = [line for line in text.strip().split("\n") if line.strip()][:2]
+    letters = [m.group(1) for m in map(_OPTION_LINE.match, lines) if m and m.group(1) in options]
+    return len(letters) == 2 and letters[0] != letters[1]
+
+
 def _leading_choice(text: str, options: dict[str, str]) -> str | None:
+    if _lists_options(text, options):
+        return None
     first = text.strip().split("\n", 1)[0].strip()
     if first[:2] in ("**", "__") and first.endswith(first[:2]):  # a bold first line: **C. Aspirin**
         first = first[2:-2].strip()
@@ -143,6 +158,8 @@ def _letter_from_phrases(text: str, options: dict[str, str]) -> str | None:
     found = None
     for phrase in _PHRASE.finditer(text):
         rest = text[phrase.end():]
+        if _lists_options(rest, options):  # "Final Answer:\nA. ...\nB. ...": the options again
+            continue
         # The option's own text wins over a letter reading: "Answer: C. difficile colitis".
         letter = _option_with_text(rest.split("\n", 1)[0], options) or _standalone_letter(rest, options)
         if letter:
