@@ -41,7 +41,7 @@ SCREENSHOT = Path("/tmp/m1_report_screenshot.png")
 def make_records(n_questions, sources, seed, inject=False):
     rnd = random.Random(seed)
     words = ("patient presents with fever cough likely diagnosis consider differential renal hepatic "
-             "biopsy shows granulomas therefore the answer is most consistent with").split()
+             "biopsy shows granulomas therefore the answer is most consistent with 🩺 naïve").split()
     records = []
     for source in sources:
         for qi in range(n_questions):
@@ -54,9 +54,11 @@ def make_records(n_questions, sources, seed, inject=False):
                 options["B"] = HANDLER_IN_OPTION
             prompt = "<|im_start|>user\n" + stem + "\n" + "\n".join(f"{L}. {t}" for L, t in options.items()) + \
                 "\n<|im_end|>\n<|im_start|>assistant\n"
-            for budget in BUDGETS:
+            sweep = [rnd.choice(words) for _ in range(12 * len(BUDGETS))]
+            for b, budget in enumerate(BUDGETS):
                 n_tok = min(budget, rnd.randint(10, 900))
-                thinking = f"[{qid} @ {budget}] " + " ".join(rnd.choice(words) for _ in range(40))
+                # As in a cut sweep: the thinking at a budget is a prefix of the one at the next.
+                thinking = f"[{qid}] " + " ".join(sweep[: 12 * (b + 1)])
                 answer = f"The answer is \\boxed{{{rnd.choice('ABCD')}}}"
                 if inject and qi == 7:
                     thinking += " " + SCRIPT_IN_THINKING
@@ -220,7 +222,7 @@ def page(tmp_path_factory):
         b.send("Page.addScriptToEvaluateOnNewDocument", {"source": WATCH})
         b.send("Page.navigate", {"url": html_file.as_uri()})
         b.wait_event("Page.loadEventFired")
-        b.tmp, b.html_file, b.records = tmp, html_file, alpha + beta
+        b.tmp, b.html_file, b.records, b.runs = tmp, html_file, alpha + beta, {"alpha": alpha, "beta": beta}
         yield b
     finally:
         b.close()
@@ -322,8 +324,10 @@ def test_compare_shows_question_at_each_budget(page):
     cells = page.js("Array.from(document.querySelectorAll('#compare .cmp-cell')).map((c) => Number(c.dataset.budget))")
     assert cells == BUDGETS * 2
     assert page.js("Array.from(document.querySelectorAll('#compare .cmp-run')).map((e) => e.textContent)") == ["alpha", "beta"]
-    first = next(r for r in page.records if r["id"] == "medqa-0005" and r["budget"] == 1024)
-    assert page.js("document.querySelectorAll('#compare .c-thinking')[4].textContent") == first["thinking"]
+    shown = page.js("Array.from(document.querySelectorAll('#compare .c-thinking')).map((e) => e.textContent)")
+    want = [r["thinking"] for name in ("alpha", "beta") for b in BUDGETS
+            for r in page.runs[name] if r["id"] == "medqa-0005" and r["budget"] == b]
+    assert shown == want  # lower budgets are stored as prefixes of the longest and sliced back exactly
 
 
 def test_injected_markup_shows_as_text(page):

@@ -76,6 +76,7 @@ def build_data(runs: list[dict], images: dict[str, bytes]) -> dict:
     # Stable order for the list: run, benchmark, question, budget.
     traces.sort(key=lambda t: (questions[t["q"]]["run"], str(questions[t["q"]]["source"]),
                                str(questions[t["q"]]["id"]), t.get("budget") or 0))
+    _share_prefixes(traces)
     names = [r["name"] for r in runs]
     return {
         "title": "m1 report · " + ", ".join(names),
@@ -87,6 +88,27 @@ def build_data(runs: list[dict], images: dict[str, bytes]) -> dict:
         "questions": questions,
         "traces": traces,
     }
+
+
+def _share_prefixes(traces: list[dict]) -> None:
+    """Store each question's thinking once across budgets. In a cut sweep the thinking at a
+    lower budget is a prefix of the thinking at a higher one, so a sweep up to 8192 would
+    otherwise carry about twice its longest traces. A trace whose thinking is a prefix of a
+    longer one's (same run and question) keeps {"prefix_of": index, "units": length}, the
+    length in UTF-16 code units as JavaScript's slice counts them."""
+    by_question: dict[int, list[int]] = {}
+    for i, t in enumerate(traces):
+        if isinstance(t.get("thinking"), str) and t["thinking"]:
+            by_question.setdefault(t["q"], []).append(i)
+    for idxs in by_question.values():
+        anchors: list[int] = []  # traces that keep their full text
+        for i in sorted(idxs, key=lambda i: -len(traces[i]["thinking"])):
+            text = traces[i]["thinking"]
+            j = next((a for a in anchors if traces[a]["thinking"].startswith(text)), None)
+            if j is None:
+                anchors.append(i)
+            else:
+                traces[i]["thinking"] = {"prefix_of": j, "units": len(text.encode("utf-16-le")) // 2}
 
 
 TITLES = {
@@ -232,6 +254,12 @@ SCRIPT = r"""
   function badge(outcome) { return el("span", {class: "badge " + (outcome || "")}, outcome || "?"); }
   const q = (t) => QS[t.q];
   const promptOf = (t) => (t.prompt !== undefined ? t.prompt : q(t).prompt) || "";
+  // A thinking stored once for a sweep: {prefix_of: trace index, units: UTF-16 length} (see build_data).
+  const thinkingOf = (t) => {
+    const th = t.thinking;
+    if (th && typeof th === "object") return String(TS[th.prefix_of].thinking || "").slice(0, th.units);
+    return th || "";
+  };
   const multiRun = RUNS.length > 1;
 
   // ---- page skeleton
@@ -320,7 +348,7 @@ SCRIPT = r"""
     if (hay) return hay;
     hay = TS.map((t) => {
       const opts = Object.values(q(t).options || {}).join("\n");
-      return [promptOf(t), opts, t.thinking || "", t.answer || "", t.graded_text || ""].join("\n").toLowerCase();
+      return [promptOf(t), opts, thinkingOf(t), t.answer || "", t.graded_text || ""].join("\n").toLowerCase();
     });
     return hay;
   }
@@ -424,7 +452,7 @@ SCRIPT = r"""
         stat("answer finish", t.answer_finish_reason)),
       el("div", {class: "sect"}, "Options"), optionList(t),
       el("div", {class: "sect"}, "Prompt"), el("pre", {id: "d-prompt"}, promptOf(t)),
-      el("div", {class: "sect"}, "Thinking"), el("pre", {id: "d-thinking"}, t.thinking || ""),
+      el("div", {class: "sect"}, "Thinking"), el("pre", {id: "d-thinking"}, thinkingOf(t)),
       el("div", {class: "sect"}, "Answer"), el("pre", {id: "d-answer"}, (t.answer_prefix || "") + (t.answer || "")),
       el("div", {class: "sect"}, "Graded text"), el("pre", {id: "d-graded"}, t.graded_text || ""),
       extra.length ? [el("div", {class: "sect"}, "Other fields"),
@@ -465,7 +493,7 @@ SCRIPT = r"""
           el("div", {class: "h", title: "open this trace", onclick: () => openTrace(j)},
             el("b", null, "budget " + t.budget), badge(t.outcome), el("span", null, "letter " + txt(t.letter)),
             el("span", null, txt(t.thinking_tokens) + " tok, ended by " + txt(t.thinking_ended))),
-          el("div", {class: "sect"}, "Thinking"), el("pre", {class: "c-thinking"}, t.thinking || ""),
+          el("div", {class: "sect"}, "Thinking"), el("pre", {class: "c-thinking"}, thinkingOf(t)),
           el("div", {class: "sect"}, "Answer"), el("pre", {class: "c-answer"}, (t.answer_prefix || "") + (t.answer || ""))));
       }
       wrap.appendChild(grid);
