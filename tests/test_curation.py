@@ -264,6 +264,13 @@ def test_config_errors(tmp_path):
     bad.write_text("out_dir: x\ndedup: {ngram: thirteen}\n")
     with pytest.raises(M1Error, match="ngram: expected int"):
         load_config(bad)
+    # Late stages' settings fail at load, before any stage (and any teacher call) runs.
+    bad.write_text("out_dir: x\nselect: {sets: [{name: s1, method: domain, n: 5, weighting: longest}]}\n")
+    with pytest.raises(M1Error, match='c.yaml: select set "s1": weighting "longest" unknown'):
+        load_config(bad)
+    bad.write_text("out_dir: x\ndifficulty: {chunk_size: 0}\n")
+    with pytest.raises(M1Error, match="chunk_size is 0"):
+        load_config(bad)
 
 
 def test_example_config_parses_and_resolves_paths():

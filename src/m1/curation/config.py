@@ -188,6 +188,17 @@ def load_config(path: str | Path) -> DataConfig:
         raise M1Error(f"{path}: the top level must be a mapping of settings (out_dir, collect, dedup, ...)")
     raw.setdefault("out_dir", f"runs/data/{path.stem}")
     cfg = build(DataConfig, raw, str(path))
+    # Settings of late stages are checked now, not after hours of teacher calls.
+    from m1.curation.selection import check_set
+
+    for s in cfg.select.sets:
+        try:
+            check_set(s)
+        except M1Error as e:
+            raise M1Error(f"{path}: {e}") from None
+    if cfg.difficulty.chunk_size < 1:
+        raise M1Error(f"{path}: difficulty.chunk_size is {cfg.difficulty.chunk_size}; give the questions per "
+                      "engine call (>= 1)")
     return resolve_paths(cfg, path.parent)
 
 
