@@ -42,7 +42,7 @@ def child(a: argparse.Namespace) -> dict:
     cfg = TrainConfig(model=model_path, dtype="float32", attn_implementation="sdpa")
     tok = load_tokenizer(cfg)
     model = load_model(cfg).train()
-    examples = D.build_examples(D.load_records(a.data), tok, a.max_length)
+    examples = D.build_examples(D.load_records(a.data), tok, a.max_length, cfg.instruction)  # as m1 train renders
     rows = D.pack(examples, a.max_length) if a.packing else D.unpacked(examples)
     collate = D.Collator(tok.pad_token_id, packed=a.packing, flatten=a.flatten)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, betas=(0.9, 0.95), weight_decay=1e-4)
