@@ -235,20 +235,16 @@ def test_missing_user_benchmark_says_what_to_do(tmp_path):
 
 # ---- CSV problems are one-line errors too ----
 
-def test_csv_without_question_column(tmp_path):
+@pytest.mark.parametrize("text, message", [
+    ("stem,opa,opb,answer_idx\nx,a,b,A\n", r'q\.csv line 1: no "question" column'),
+    ('question,opa,opb,answer_idx\n"multi\nline",a,b,A\nq2,a,b,C\n',
+     r'q\.csv line 4: field "answer_idx" is "C", not one of the options A, B'),
+    ("question,opa,opb,answer_idx\nq,a,b,A,extra\n", r"q\.csv line 2: 5 cells but the header names 4 columns"),
+])
+def test_csv_problems_name_their_line(tmp_path, text, message):
     path = tmp_path / "q.csv"
-    path.write_text("stem,opa,opb,answer_idx\nx,a,b,A\n")
-    with pytest.raises(M1Error, match=r'q\.csv line 1: no "question" column'):
-        load_file(path)
-
-
-def test_csv_bad_rows_name_their_line(tmp_path):
-    path = tmp_path / "q.csv"
-    path.write_text('question,opa,opb,answer_idx\n"multi\nline",a,b,A\nq2,a,b,C\n')
-    with pytest.raises(M1Error, match=r'q\.csv line 4: field "answer_idx" is "C", not one of the options A, B'):
-        load_file(path)
-    path.write_text("question,opa,opb,answer_idx\nq,a,b,A,extra\n")
-    with pytest.raises(M1Error, match=r"q\.csv line 2: 5 cells but the header names 4 columns"):
+    path.write_text(text)
+    with pytest.raises(M1Error, match=message):
         load_file(path)
 
 

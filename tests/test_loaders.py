@@ -178,17 +178,14 @@ def test_duplicate_ids(tmp_path):
         load_file(path)
 
 
-def test_invalid_json_names_line(tmp_path):
-    path = tmp_path / "broken.json"
-    path.write_text('[\n  {"question": "q",\n   "options": ["a" "b"]}\n]')
-    with pytest.raises(M1Error, match=r"broken\.json line 3 column \d+: invalid JSON"):
-        load_file(path)
-
-
-def test_invalid_jsonl_line(tmp_path):
-    path = tmp_path / "broken.jsonl"
-    path.write_text(json.dumps(ROW) + "\n\n" + '{"question": "q", \n')
-    with pytest.raises(M1Error, match=r"broken\.jsonl line 3: invalid JSON"):
+@pytest.mark.parametrize("name, text, message", [
+    ("broken.json", '[\n  {"question": "q",\n   "options": ["a" "b"]}\n]', r"broken\.json line 3 column \d+: invalid JSON"),
+    ("broken.jsonl", json.dumps(ROW) + "\n\n" + '{"question": "q", \n', r"broken\.jsonl line 3: invalid JSON"),
+])
+def test_invalid_json_names_line(tmp_path, name, text, message):
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(M1Error, match=message):
         load_file(path)
 
 
