@@ -35,11 +35,11 @@ def main(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config)
     if args.action == "build":
+        if args.push_to_hub and args.until not in (None, "format"):  # refuse before the build, not after it
+            print("--push-to-hub needs the build to reach the format stage; drop --until", file=sys.stderr)
+            return 2
         results = build(cfg, until=args.until, force=args.force)
         if args.push_to_hub:
-            if results[-1].stage != "format":
-                print("--push-to-hub needs the build to reach the format stage; drop --until", file=sys.stderr)
-                return 2
             push_to_hub(cfg, args.push_to_hub)
     else:
         if args.until or args.push_to_hub:

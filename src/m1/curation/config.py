@@ -191,6 +191,9 @@ def load_config(path: str | Path) -> DataConfig:
     # Settings of late stages are checked now, not after hours of teacher calls.
     from m1.curation.selection import check_set
 
+    names = [s.name for s in cfg.select.sets]
+    if not names or len(set(names)) != len(names) or "data" in names:
+        raise M1Error(f"{path}: select.sets names {names}: give at least one set, each with its own name (not 'data')")
     for s in cfg.select.sets:
         try:
             check_set(s)

@@ -23,7 +23,6 @@ Every removal is reported with the eval item it matched and why.
 """
 from __future__ import annotations
 
-import inspect
 import re
 import unicodedata
 from collections import Counter
@@ -154,11 +153,10 @@ def load_eval_items(cfg: DedupConfig) -> tuple[list[Item], dict[str, object]]:
 
     every = cfg.benchmarks is None or list(cfg.benchmarks) == ["all"]  # [] means none: only eval_files
     names = list(BENCHMARKS) if every else list(cfg.benchmarks)
-    takes_dir = "data_dir" in inspect.signature(load_benchmark).parameters
     items, report = [], {}
     for name in names:
         try:
-            got = load_benchmark(name, data_dir=cfg.data_dir) if takes_dir else load_benchmark(name)
+            got = load_benchmark(name, data_dir=cfg.data_dir)
         except M1Error as e:
             if not every:
                 raise  # named on purpose: missing is an error

@@ -12,8 +12,6 @@ budget forcing uses at inference, so training and evaluation agree.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 from m1.curation.config import FormatConfig
 from m1.curation.records import prompt_for, row_to_item
 from m1.errors import M1Error
@@ -22,22 +20,11 @@ from m1.thinking.formats import get_format
 
 def load_chat_renderer(tokenizer: str | None):
     """A callable messages -> prompt text, from the embedded GGUF, a .gguf file or an HF tokenizer."""
-    if tokenizer is None or tokenizer.endswith(".gguf"):
-        from m1.engines.llamacpp import GGUFTokenizer, embedded_model_path
+    from m1.engines.llamacpp import embedded_model_path
+    from m1.engines.openai_server import load_tokenizer
 
-        tok = GGUFTokenizer(tokenizer or embedded_model_path(), vocab_only=True)
-        return tok.render_chat, str(tok.path)
-    try:
-        from transformers import AutoTokenizer
-    except ImportError:
-        raise M1Error(f"format.tokenizer {tokenizer} is not a .gguf file, and HF tokenizers need transformers: "
-                      "pip install transformers") from None
-    try:
-        hf = AutoTokenizer.from_pretrained(tokenizer)
-    except Exception as e:
-        raise M1Error(f"format.tokenizer {tokenizer}: cannot load it ({type(e).__name__}); give a tokenizer "
-                      "folder, a reachable hub id, or a .gguf file") from None
-    return (lambda messages: hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)), tokenizer
+    source = tokenizer or str(embedded_model_path())
+    return load_tokenizer(source).render_chat, source
 
 
 def format_rows(rows: list[dict], cfg: FormatConfig, render=None) -> list[dict]:
@@ -64,6 +51,3 @@ def format_rows(rows: list[dict], cfg: FormatConfig, render=None) -> list[dict]:
                     "prompt": user, "text": text})
     return out
 
-
-def tokenizer_label(tokenizer: str | None) -> str:
-    return Path(tokenizer).name if tokenizer else "embedded SmolLM2-135M-Instruct"

@@ -174,13 +174,8 @@ def _domains(cfg: DataConfig, tables: dict, stage_dir: Path):
 
 
 def _select(cfg: DataConfig, tables: dict, stage_dir: Path):
-    from m1.curation.selection import check_set, select
+    from m1.curation.selection import select
 
-    names = [s.name for s in cfg.select.sets]
-    if not names or len(set(names)) != len(names) or "data" in names:
-        raise M1Error(f"select.sets names {names}: give at least one set, each with its own name (not 'data')")
-    for s in cfg.select.sets:
-        check_set(s)
     out = {s.name: select(tables[s.input], s, cfg.seed) for s in cfg.select.sets}
     return out, {"sets": {k: {"rows": len(v), "by_source": count_by_source(v)} for k, v in out.items()}}
 

@@ -12,8 +12,6 @@ import string
 
 from m1.benchmarks.items import Item
 
-ITEM_COLUMNS = ("id", "source", "question", "options", "answer", "answer_text", "metadata")
-
 
 def item_to_row(item: Item) -> dict:
     letters = list(item.options)

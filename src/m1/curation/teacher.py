@@ -14,7 +14,6 @@ The API key is read from the environment variable `api_key_env` and goes nowhere
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import os
 import random
@@ -26,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from m1.curation.config import TeacherConfig
+from m1.curation.store import json_hash
 from m1.errors import M1Error
 
 RETRY_STATUS = {408, 409, 425, 429}  # plus every 5xx
@@ -157,9 +157,9 @@ class Teacher:
 
     def key(self, messages: list[dict], params: dict | None = None) -> str:
         if self.model is None:
-            raise RuntimeError("resolve_model() first")
+            raise RuntimeError("the model is resolved when run() starts")
         body = {"model": self.model, "messages": messages, "params": self.cfg.params if params is None else params}
-        return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+        return json_hash(body)
 
     def _client(self):
         try:
@@ -182,11 +182,6 @@ class Teacher:
         if not ids:
             raise M1Error(f"teacher: {self.cfg.base_url}/models lists no model; set the model name in the config")
         self.model = ids[0]
-
-    def resolve_model(self) -> str:
-        if self.model is None:
-            asyncio.run(self._resolve_model(self._client()))
-        return self.model
 
     # -- running ------------------------------------------------------------------------
     def run(self, jobs: list[list[dict]], params: dict | None = None, on_result=None) -> list[Reply | Failure]:

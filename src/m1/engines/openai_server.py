@@ -79,7 +79,7 @@ class OpenAIEngine:
         if tokenizer is None and self.server == "llama-cpp-python" and str(self.model).endswith(".gguf") \
                 and Path(self.model).is_file():
             self.tokenizer_source = self.model  # same machine: read the served file's vocabulary
-        self._local = _load_tokenizer(self.tokenizer_source) if self.tokenizer_source else None
+        self._local = load_tokenizer(self.tokenizer_source) if self.tokenizer_source else None
         self._bos: int | None | bool = False  # False: not looked up yet
         self._props: dict | None = None
         self._pieces: dict[int, str] = {}  # stop token id -> its text
@@ -466,7 +466,8 @@ class _HFTokenizer:
         return self._tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
-def _load_tokenizer(source: str):
+def load_tokenizer(source: str):
+    """Tokenizer and chat template without a model: from a .gguf file or an HF tokenizer folder / hub id."""
     if str(source).endswith(".gguf"):
         if not Path(source).is_file():
             raise M1Error(f"tokenizer file not found: {source} (pass an existing .gguf file)")
