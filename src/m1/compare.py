@@ -19,6 +19,7 @@ from m1.errors import M1Error
 from m1.grading import GRADERS
 from m1.regrade import load_traces, regrade_records
 from m1.reporting.stats import N_BOOT, Paired, paired_pooled
+from m1.runs import CONFIG, read_config
 
 MACRO, MICRO = "avg (macro)", "all (micro)"
 
@@ -99,8 +100,8 @@ def _config_diff(run_a: str | Path, run_b: str | Path) -> list[str]:
     cfgs = []
     for run in (run_a, run_b):
         try:
-            cfgs.append(json.loads((Path(run) / "config.json").read_text())["config"])
-        except (OSError, json.JSONDecodeError, KeyError):
+            cfgs.append(read_config(Path(run) / CONFIG))
+        except M1Error:
             return []  # labels only; the comparison itself needs just the traces
     a, b = cfgs
     return [f"{k}: {a.get(k)!r} vs {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]

@@ -34,22 +34,16 @@ def benchmark_names(cfg: EvalConfig) -> tuple[list[str], list[str]]:
     return [n.strip() for n in cfg.benchmark.split(",") if n.strip()], []
 
 
-def load_items(cfg: EvalConfig) -> list[Item]:
-    """Every question of the run; --limit samples each benchmark separately."""
+def load_items(cfg: EvalConfig, names: list[str]) -> list[Item]:
+    """Every question of the run (benchmarks `names`, or --data); --limit samples each benchmark separately."""
     from m1.benchmarks import load_benchmark, load_file
 
     if cfg.data:
         return load_file(cfg.data, limit=cfg.limit, seed=cfg.seed)
     items: list[Item] = []
-    for name in benchmark_names(cfg)[0]:
-        items += _load_one(load_benchmark, name, cfg)
+    for name in names:
+        items += load_benchmark(name, limit=cfg.limit, seed=cfg.seed, data_dir=cfg.data_dir)
     return items
-
-
-def _load_one(load_benchmark, name: str, cfg: EvalConfig) -> list[Item]:
-    if cfg.data_dir is None:
-        return load_benchmark(name, limit=cfg.limit, seed=cfg.seed)
-    return load_benchmark(name, limit=cfg.limit, seed=cfg.seed, data_dir=cfg.data_dir)
 
 
 def build_prompt(engine: Engine, item: Item, cfg: EvalConfig) -> str:
@@ -84,7 +78,8 @@ def evaluate(cfg: EvalConfig, out: str | Path | None = None, engine: Engine | No
     from m1.grading import grade
     from m1.reporting.report import write_reports
 
-    items = load_items(cfg)
+    names, missing = benchmark_names(cfg)
+    items = load_items(cfg, names)
     if not items:
         raise M1Error("no questions to evaluate: the suite has no benchmark present (see `m1 benchmarks`)")
     fmt = get_format(cfg.format, **cfg.format_overrides)
@@ -133,7 +128,7 @@ def evaluate(cfg: EvalConfig, out: str | Path | None = None, engine: Engine | No
     wanted = {it.id for it in items}
     records = [r for r in records if r["id"] in wanted and r["budget"] in cfg.budgets]
     metrics = write_reports(run.path, records, cfg)
-    return EvalResult(run.path, records, metrics, benchmark_names(cfg)[1])
+    return EvalResult(run.path, records, metrics, missing)
 
 
 def make_record(item, budget, prompt_text, prompt_ids, th, ans, engine, controller, grade) -> dict:

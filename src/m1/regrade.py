@@ -14,38 +14,18 @@ from m1.benchmarks.items import Item
 from m1.errors import M1Error
 from m1.grading import GRADERS, get_grader
 from m1.reporting.report import compute_metrics, markdown_table
+from m1.runs import TRACES, read_traces
 
 NEEDED = ("id", "source", "budget", "gold", "options", "graded_text", "correct",
           "thinking_tokens", "answer_tokens", "hit_budget")
 
 
 def load_traces(run_dir: str | Path) -> list[dict]:
-    """The records of a run folder, read only.
-
-    A last line without its newline is a write cut short by a crash and is skipped (the run
-    itself drops it on resume); any other unreadable line is an error. If a (source, id,
-    budget) appears twice, the later line wins.
-    """
-    path = Path(run_dir) / "traces.jsonl"
+    """The records of a run folder, read only (see runs.read_traces)."""
+    path = Path(run_dir) / TRACES
     if not path.is_file():
         raise M1Error(f"{path} not found; pass a run folder written by `m1 eval`")
-    text = path.read_text(encoding="utf-8")
-    lines = text.split("\n")
-    if lines and lines[-1]:
-        lines = lines[:-1]  # the partial last line
-    records: dict[tuple, dict] = {}
-    for no, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            r = json.loads(line)
-        except json.JSONDecodeError:
-            raise M1Error(f"{path}:{no}: not a JSON line; the traces are damaged") from None
-        missing = [k for k in NEEDED if k not in r]
-        if missing:
-            raise M1Error(f"{path}:{no}: record lacks {', '.join(missing)}; was it written by `m1 eval`?")
-        records[(r["source"], r["id"], r["budget"])] = r
-    return list(records.values())
+    return read_traces(path, NEEDED)
 
 
 def regrade_records(records: list[dict], grader: str = "m1") -> list[dict]:

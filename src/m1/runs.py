@@ -66,3 +66,37 @@ class RunDir:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+
+
+def read_traces(path: Path, needed: tuple[str, ...] = ()) -> list[dict]:
+    """The records of a traces.jsonl, read only (for report, regrade, compare).
+
+    A last line without its newline is a write cut short by a crash and is skipped (the run
+    itself drops it on resume); any other unreadable line, or one lacking a `needed` field,
+    is an error naming file and line. If a (source, id, budget) appears twice, the later wins.
+    """
+    lines = path.read_text(encoding="utf-8", errors="replace").split("\n")
+    records: dict[tuple, dict] = {}
+    for no, line in enumerate(lines[:-1], 1):  # lines[-1]: "" after the last newline, or the cut line
+        if not line.strip():
+            continue
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError:
+            raise M1Error(f"{path}:{no}: not a JSON line; the traces are damaged") from None
+        missing = [k for k in needed if k not in r]
+        if missing:
+            raise M1Error(f"{path}:{no}: record lacks {', '.join(missing)}; was it written by `m1 eval`?")
+        records[(r.get("source"), r.get("id"), r.get("budget"))] = r
+    return list(records.values())
+
+
+def read_config(path: Path) -> dict:
+    """The resolved config a run saved (the "config" object of its config.json)."""
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))["config"]
+        if not isinstance(cfg, dict):
+            raise TypeError
+    except (OSError, ValueError, KeyError, TypeError):
+        raise M1Error(f"{path} is damaged (expected JSON with a 'config' object)") from None
+    return cfg

@@ -81,7 +81,7 @@ def _extract(text: str, options: dict[str, str]) -> tuple[str | None, str]:
 
 def _last_boxed(text: str) -> str | None:
     """Content of the last complete \\boxed{...} or \\fbox{...}, braces matched (for \\boxed{\\text{C}})."""
-    starts = sorted((m.start(), m.end()) for m in _BOX.finditer(text))
+    starts = [(m.start(), m.end()) for m in _BOX.finditer(text)]
     for start, open_end in reversed(starts):  # an unclosed one (truncated output): try an earlier one
         depth, i = 1, open_end
         while i < len(text) and depth:

@@ -6,14 +6,13 @@ of a run that is still going (or was resumed) counts exactly the traces it holds
 from __future__ import annotations
 
 import csv
-import json
 from datetime import datetime
 from pathlib import Path
 
 from m1.errors import M1Error
 from m1.reporting import html, plots
 from m1.reporting.report import COLUMNS, compute_metrics, markdown_table
-from m1.runs import CONFIG, TRACES
+from m1.runs import CONFIG, TRACES, read_config, read_traces
 
 
 def add_parser(subparsers):
@@ -36,31 +35,10 @@ def load_run(folder: str | Path) -> dict:
     if not cfg_file.exists() or not traces.exists():
         missing = CONFIG if not cfg_file.exists() else TRACES
         raise M1Error(f"{path} is not a run folder (no {missing}); pass a folder written by `m1 eval`")
-    try:
-        config = json.loads(cfg_file.read_text(encoding="utf-8"))
-        cfg = config["config"]
-        if not isinstance(cfg, dict):
-            raise TypeError
-    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
-        raise M1Error(f"{cfg_file} is damaged (expected JSON with a 'config' object)") from None
-    records = []
-    with open(traces, "rb") as f:
-        lines = f.read().split(b"\n")
-    for n, raw in enumerate(lines, 1):
-        if not raw.strip():
-            continue
-        try:
-            rec = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            if n == len(lines):  # last line with no newline: still being written
-                break
-            raise M1Error(f"{traces}:{n}: not a JSON line; the file is damaged") from None
-        missing = [k for k in ("source", "budget", "correct", "outcome", "thinking_tokens", "answer_tokens",
-                               "hit_budget") if k not in rec]
-        if missing:
-            raise M1Error(f"{traces}:{n}: trace lacks {missing[0]!r}; is this an m1 run folder?")
-        records.append(rec)
-    return {"name": path.resolve().name, "path": path, "config": config, "records": records,
+    cfg = read_config(cfg_file)
+    records = read_traces(traces, ("source", "budget", "correct", "outcome", "thinking_tokens", "answer_tokens",
+                                   "hit_budget"))
+    return {"name": path.resolve().name, "path": path, "config": cfg, "records": records,
             "rows": compute_metrics(records)}
 
 
@@ -84,7 +62,7 @@ def write_tables(runs: list[dict], out: Path) -> None:
     else:
         parts = []
         for r in runs:
-            parts.append(f"### {r['name']}\n\n{plots.describe(r['config']['config'])}\n\n{markdown_table(r['rows'])}")
+            parts.append(f"### {r['name']}\n\n{plots.describe(r['config'])}\n\n{markdown_table(r['rows'])}")
         md = "\n".join(parts)
         cols = ["run"] + COLUMNS
         rows = [{"run": r["name"], **row} for r in runs for row in r["rows"]]

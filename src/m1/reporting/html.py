@@ -55,8 +55,6 @@ def build_data(runs: list[dict], images: dict[str, bytes]) -> dict:
     out_runs = []
     for i, run in enumerate(runs):
         cfg = run.get("config") or {}
-        if isinstance(cfg.get("config"), dict):  # a whole config.json was passed
-            cfg = cfg["config"]
         out_runs.append({"name": run["name"], "config": cfg, "rows": run.get("rows") or [],
                          "n": len(run["records"])})
         for rec in run["records"]:
@@ -126,8 +124,7 @@ def plot_runs(runs: list[dict]):
 def plot_title(runs: list[dict]) -> str:
     if len(runs) != 1:
         return ""
-    cfg = runs[0].get("config") or {}
-    return plots.describe(cfg.get("config", cfg))
+    return plots.describe(runs[0].get("config") or {})
 
 
 def write_html(path, runs: list[dict], images: dict[str, bytes] | None = None) -> Path:

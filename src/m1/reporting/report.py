@@ -7,7 +7,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from m1.reporting.metrics import summarize
-from m1.reporting.plots import plot_accuracy  # noqa: F401 (kept importable from here)
+from m1.reporting.plots import describe, plot_accuracy
 
 COLUMNS = ["source", "budget", "n", "accuracy", "ci_low", "ci_high", "unparsed_rate",
            "mean_thinking_tokens", "mean_answer_tokens", "hit_budget_rate"]
@@ -42,6 +42,6 @@ def write_reports(run_dir: Path, records: list[dict], cfg) -> dict:
         w.writeheader()
         w.writerows({k: r[k] for k in COLUMNS} for r in rows)
     if rows:
-        model = Path(cfg.model).name if cfg.model else "SmolLM2-135M-Instruct (embedded)"
-        plot_accuracy(rows, run_dir / "accuracy_vs_budget.png", f"{model} · format {cfg.format} · {cfg.engine}")
+        title = describe({"model": cfg.model, "format": cfg.format, "engine": cfg.engine})
+        plot_accuracy(rows, run_dir / "accuracy_vs_budget.png", title)
     return metrics

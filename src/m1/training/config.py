@@ -12,7 +12,7 @@ import difflib
 import os
 import types
 import typing
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 from m1.config import M1_INSTRUCTION
@@ -266,7 +266,3 @@ def _type_name(tp) -> str:
 def world_size() -> int:
     """Processes in this run, as torchrun / accelerate launch tell each one."""
     return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def config_fields() -> list[str]:
-    return [f.name for f in fields(TrainConfig)]
