@@ -62,9 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--chunk-size", type=int, default=d.chunk_size, help="questions in flight together")
     e.add_argument("--out", help="run folder (default: runs/<name>-<config hash>; rerun resumes)")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
+    e.set_defaults(func=cmd_eval)
 
     bm = sub.add_parser("benchmarks", help="list the registered benchmarks and which are present")
     bm.add_argument("--data-dir", help="folder holding benchmarks m1 does not ship (also $M1_DATA_DIR)")
+    bm.set_defaults(func=cmd_benchmarks)
     from m1 import compare, regrade
     from m1.curation import cli as data_cli
     from m1.reporting import cli_report
@@ -141,15 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     a = parser.parse_args(argv)
     try:
-        from m1 import compare, regrade
-        from m1.curation import cli as data_cli
-        from m1.reporting import cli_report
-        from m1.training import cli as train_cli
-
-        commands = {"eval": cmd_eval, "benchmarks": cmd_benchmarks, "report": cli_report.main,
-                    "regrade": regrade.main, "compare": compare.main, "data": data_cli.main,
-                    "train": train_cli.main, "export-gguf": train_cli.export_main}
-        return commands[a.command](a)
+        return a.func(a)  # each subcommand's parser names its handler
     except M1Error as err:
         if a.debug:
             traceback.print_exc()

@@ -1,10 +1,8 @@
 """items → prompts → engine → traces → grades → reports, with resume."""
 from __future__ import annotations
 
-import platform
 import time
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Callable
 
@@ -12,7 +10,7 @@ from m1.benchmarks.items import Item
 from m1.config import EvalConfig
 from m1.engines import Engine, make_engine
 from m1.errors import M1Error
-from m1.runs import RunDir
+from m1.runs import RunDir, package_versions
 from m1.thinking.budget import BudgetController, ThinkingParams, sweep
 from m1.thinking.formats import get_format
 
@@ -63,13 +61,7 @@ def default_run_dir(cfg: EvalConfig) -> Path:
 
 
 def versions() -> dict:
-    out = {"python": platform.python_version()}
-    for pkg in ("m1", "llama-cpp-python", "transformers", "torch", "vllm", "openai", "numpy"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
+    return package_versions(("m1", "llama-cpp-python", "transformers", "torch", "vllm", "openai", "numpy"))
 
 
 def evaluate(cfg: EvalConfig, out: str | Path | None = None, engine: Engine | None = None,

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import platform
+from importlib import metadata
 from pathlib import Path
 
 from m1.errors import M1Error
@@ -100,3 +102,14 @@ def read_config(path: Path) -> dict:
     except (OSError, ValueError, KeyError, TypeError):
         raise M1Error(f"{path} is damaged (expected JSON with a 'config' object)") from None
     return cfg
+
+
+def package_versions(packages: tuple[str, ...]) -> dict:
+    """Python's version and each installed package's, for the record a run keeps."""
+    out = {"python": platform.python_version()}
+    for pkg in packages:
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out

@@ -26,6 +26,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="rerun stages even when unchanged")
     p.add_argument("--push-to-hub", metavar="REPO", help="build: push the formatted sets to this HF dataset repo")
     p.add_argument("--json", action="store_true", help="print the stage manifests as JSON at the end")
+    p.set_defaults(func=main)
     return p
 
 

@@ -43,8 +43,7 @@ def format_rows(rows: list[dict], cfg: FormatConfig, render=None) -> list[dict]:
         if cfg.system:
             messages.insert(0, {"role": "system", "content": cfg.system})
         answer = r["response"].strip() if cfg.answer == "response" else f"{item.answer}. {item.options[item.answer]}"
-        text = (render(messages) + fmt.think_start + r["reasoning"].strip() + "\n" + fmt.answer_start
-                + "Answer: " + answer + (fmt.answer_end or ""))
+        text = render(messages) + fmt.reply(r["reasoning"].strip(), answer) + (fmt.answer_end or "")
         out.append({"id": r["id"], "source": r["source"], "domain": r.get("domain", ""),
                     "question": r["question"], "options": r["options"], "answer_letter": r["answer"],
                     "answer_text": r["answer_text"], "reasoning": r["reasoning"], "answer": answer,

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Sequence
 
 from m1.engines.base import GenRequest, GenResult, StopMatcher
-from m1.errors import M1Error
+from m1.errors import M1Error, first_line
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -54,15 +54,11 @@ class HFEngine:
             key = "dtype" if _version(transformers.__version__) >= (4, 56) else "torch_dtype"
             self.model = transformers.AutoModelForCausalLM.from_pretrained(self.source, **{key: self.dtype}, **load)
         except (OSError, ValueError, ImportError) as e:
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            first = first_line(e)
             raise M1Error(f"transformers could not load {model}: {first}") from None
         self.model.to(self.device).eval()
         if self.device.type == "cpu":
-            # Weights dequantized from a GGUF can sit at 32-byte alignment, which sends
-            # batched CPU matmuls down a path ~40x slower; fresh copies are aligned.
-            with torch.no_grad():
-                for p in self.model.parameters():
-                    p.data = p.data.clone()
+            realign_cpu_weights(self.model)
         # transformers renamed past_key_values to cache (5.x); use whichever this one has
         params = inspect.signature(self.model.forward).parameters
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
@@ -168,6 +164,16 @@ class HFEngine:
         self.model = None
         if self.torch.cuda.is_available():
             self.torch.cuda.empty_cache()
+
+
+def realign_cpu_weights(model) -> None:
+    """Weights dequantized from a GGUF can sit at 32-byte alignment, which sends batched CPU
+    matmuls down a path ~40x slower; fresh copies are aligned."""
+    import torch
+
+    with torch.no_grad():
+        for p in model.parameters():
+            p.data = p.data.clone()
 
 
 def resolve_model_source(model: str, gguf_file: str | None) -> tuple[str, str | None]:

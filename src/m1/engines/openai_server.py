@@ -47,7 +47,7 @@ from typing import Sequence
 
 from m1.engines.base import GenRequest, GenResult
 from m1.engines.vllm_engine import locate_stop
-from m1.errors import M1Error
+from m1.errors import M1Error, first_line
 
 SERVERS = ("vllm", "sglang", "llama-server", "llama-cpp-python", "generic")
 EXACT = ("vllm", "sglang", "llama-server")
@@ -448,7 +448,7 @@ class _HFTokenizer:
         try:
             self._tok = AutoTokenizer.from_pretrained(source)
         except (OSError, ValueError) as e:
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            first = first_line(e)
             raise M1Error(f"cannot load tokenizer {source}: {first}") from None
         first = self._tok("", add_special_tokens=True)["input_ids"][:1]
         self.bos_token_id = first[0] if first and first[0] == self._tok.bos_token_id else None

@@ -19,6 +19,7 @@ def add_parser(subparsers):
     p = subparsers.add_parser("report", help="tables, plots and an HTML trace viewer for one or more run folders")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folder(s) written by `m1 eval`")
     p.add_argument("--out", help="output folder (default: the run's folder, or reports/<timestamp> for several)")
+    p.set_defaults(func=main)
     return p
 
 

@@ -25,6 +25,10 @@ class ReasoningFormat:
     answer_forced: str
     answer_end: str | None = "<|im_end|>"
 
+    def reply(self, reasoning: str, answer: str) -> str:
+        """A training target in this format: thinking, the answer delimiter, "Answer: ..."."""
+        return f"{self.think_start}{reasoning}\n{self.answer_start}Answer: {answer}"
+
 
 FORMATS: dict[str, ReasoningFormat] = {
     "m1": ReasoningFormat(

@@ -21,12 +21,13 @@ collator also lays a micro-batch's rows end to end (no padding at all).
 """
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from m1.errors import M1Error
+from m1.errors import M1Error, first_line
 from m1.thinking.formats import FORMATS
 
 IGNORE = -100
@@ -107,7 +108,7 @@ def _read_hub(name: str, split: str) -> list[dict]:
     try:
         return datasets.load_dataset(name, split=split).to_list()
     except Exception as e:  # network, auth, missing split: one line for the user
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        first = first_line(e)
         raise M1Error(f"could not load dataset {name} (split {split}): {first}; check the id, your access "
                       "(huggingface-cli login) or pass a local file") from None
 
@@ -143,7 +144,7 @@ def assistant_text(record: dict) -> str:
     letter = record.get("answer_idx")
     if letter and not answer.startswith(str(letter)):
         answer = f"{letter}. {answer}"  # the grader reads "Answer: D. ..." as D
-    return f"{FMT.think_start}{str(reasoning).strip()}\n{FMT.answer_start}Answer: {answer}"
+    return FMT.reply(str(reasoning).strip(), answer)
 
 
 def render(record: dict, tokenizer, instruction: str | None = None,
@@ -175,6 +176,7 @@ def _split_rendered(text: str, tokenizer) -> str:
     return text[:at + len(header)]
 
 
+@functools.lru_cache(maxsize=4)  # asked once per record with a rendered `text`; the answer is the tokenizer's
 def assistant_header(tokenizer) -> str:
     """What the template adds for add_generation_prompt, e.g. "<|im_start|>assistant\\n"."""
     m = [{"role": "user", "content": "x"}]

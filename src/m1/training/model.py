@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from m1.errors import M1Error
+from m1.errors import M1Error, first_line
 from m1.training.config import TrainConfig
 
 
@@ -27,7 +27,7 @@ def load_tokenizer(cfg: TrainConfig):
     try:
         tok = transformers.AutoTokenizer.from_pretrained(source, **kwargs)
     except (OSError, ValueError, ImportError) as e:
-        raise M1Error(f"transformers could not load the tokenizer of {cfg.model}: {_first_line(e)}") from None
+        raise M1Error(f"transformers could not load the tokenizer of {cfg.model}: {first_line(e)}") from None
     if not getattr(tok, "chat_template", None):
         raise M1Error(f"{cfg.model} has no chat template; train an instruct model or records with a rendered `text`")
     if tok.pad_token is None:
@@ -46,15 +46,13 @@ def load_model(cfg: TrainConfig):
     try:
         model = transformers.AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except (OSError, ValueError, ImportError) as e:
-        raise M1Error(f"transformers could not load {cfg.model}: {_first_line(e)}") from None
+        raise M1Error(f"transformers could not load {cfg.model}: {first_line(e)}") from None
     if gguf:
         drop_gguf_marker(model)
     if not torch.cuda.is_available():
-        # Dequantized GGUF weights can sit at 32-byte alignment, which sends CPU matmuls
-        # down a much slower path (see engines/hf.py); fresh copies are aligned.
-        with torch.no_grad():
-            for p in model.parameters():
-                p.data = p.data.clone()
+        from m1.engines.hf import realign_cpu_weights
+
+        realign_cpu_weights(model)
     model.config.use_cache = False  # a KV cache in training only costs memory (and hides packing)
     return model
 
@@ -114,7 +112,3 @@ def _merge_from_disk(cfg: TrainConfig, adapter: Path, out: Path) -> None:
     base = load_model(cfg)
     merged = peft.PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
     merged.save_pretrained(str(out), safe_serialization=True)
-
-
-def _first_line(e: Exception) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]

@@ -13,7 +13,6 @@ import os
 import shutil
 import time
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 
 from m1.errors import M1Error
@@ -181,10 +180,6 @@ def _checkpoint_to_resume(cfg: TrainConfig, out: Path) -> str | None:
 
 
 def _versions() -> dict:
-    out = {}
-    for pkg in ("m1", "torch", "transformers", "trl", "peft", "accelerate", "datasets", "deepspeed"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
+    from m1.runs import package_versions
+
+    return package_versions(("m1", "torch", "transformers", "trl", "peft", "accelerate", "datasets", "deepspeed"))
