@@ -3,9 +3,7 @@
     m1 data build CONFIG [--until STAGE] [--force] [--push-to-hub REPO]
     m1 data STAGE CONFIG [--force]          one stage, on the outputs already on disk
 
-Wiring (in m1/cli.py): `from m1.curation import cli as data_cli`; in build_parser,
-`data_cli.add_parser(sub)`; in main's commands, `"data": data_cli.main`. Until then,
-`python -m m1.curation.cli data build CONFIG` does the same.
+`python -m m1.curation.cli data build CONFIG` does the same (the kill tests start it that way).
 """
 from __future__ import annotations
 
@@ -14,6 +12,7 @@ import json
 import sys
 
 from m1.curation.config import STAGES
+from m1.errors import M1Error
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -37,15 +36,13 @@ def main(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     if args.action == "build":
         if args.push_to_hub and args.until not in (None, "format"):  # refuse before the build, not after it
-            print("--push-to-hub needs the build to reach the format stage; drop --until", file=sys.stderr)
-            return 2
+            raise M1Error("--push-to-hub needs the build to reach the format stage; drop --until")
         results = build(cfg, until=args.until, force=args.force)
         if args.push_to_hub:
             push_to_hub(cfg, args.push_to_hub)
     else:
         if args.until or args.push_to_hub:
-            print("--until and --push-to-hub go with `m1 data build`", file=sys.stderr)
-            return 2
+            raise M1Error("--until and --push-to-hub go with `m1 data build`")
         results = [run_stage(cfg, args.action, force=args.force)]
     if args.json:
         print(json.dumps({r.stage: {"skipped": r.skipped, **r.manifest.__dict__} for r in results}, indent=2,
@@ -56,9 +53,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def run(argv: list[str] | None = None) -> int:
-    """`python -m m1.curation.cli ...` until m1/cli.py has the subcommand (same errors as the m1 CLI)."""
-    from m1.errors import M1Error
-
+    """`python -m m1.curation.cli data ...` (what the kill tests start): the same errors as the m1 CLI."""
     parser = argparse.ArgumentParser(prog="m1")
     parser.add_argument("--debug", action="store_true")
     add_parser(parser.add_subparsers(dest="command", required=True))
