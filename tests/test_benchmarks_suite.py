@@ -62,7 +62,8 @@ def test_shipped_benchmark_loads_in_full(name):
 def test_medmcqa_erratum_restored():
     items = load_benchmark("medmcqa")
     fixed = items[1]
-    assert fixed.id == "medmcqa-0001" and fixed.question.startswith("Which of the following is not true about glomerular")
+    assert fixed.id == "medmcqa-0001"
+    assert fixed.question.startswith("Which of the following is not true about glomerular")
     assert fixed.answer == "A" and fixed.options["A"].startswith("The oncotic pressure")
     assert "erratum" in fixed.metadata
     assert [i.id for i in items if "erratum" in i.metadata] == ["medmcqa-0001"]
@@ -92,7 +93,8 @@ def test_pubmedqa_keeps_context_and_marks_the_official_test():
     first = items[0]
     assert first.id == "pubmedqa-21645374" and first.metadata["pmid"] == "21645374"
     assert first.question.startswith("Programmed cell death (PCD) is the regulated death of cells")
-    assert first.question.endswith("\nDo mitochondria play a role in remodelling lace plant leaves during programmed cell death?")
+    assert first.question.endswith(
+        "\nDo mitochondria play a role in remodelling lace plant leaves during programmed cell death?")
     official = [i for i in items if i.metadata["official_test"] is True]
     assert len(official) == 500 and sum(i.metadata["official_test"] is False for i in items) == 500
     test = load_benchmark("pubmedqa_test")
@@ -158,7 +160,8 @@ def test_medbullets_csv_jsonl_and_column_json_agree(n):
     assert len(csv_items) == len(col_items) == len(jsonl_items) == 308
     assert all(len(i.options) == n for i in csv_items)
     assert csv_items[0].id == f"medbullets_op{n}-0000" and set(csv_items[0].metadata) == {"link", "explanation"}
-    assert [(i.question, i.options, i.answer) for i in csv_items] == [(i.question, i.options, i.answer) for i in col_items]
+    assert [(i.question, i.options, i.answer) for i in csv_items] == \
+        [(i.question, i.options, i.answer) for i in col_items]
     assert [(i.question.strip(), i.options, i.answer) for i in csv_items] == \
            [(i.question.strip(), i.options, i.answer) for i in jsonl_items]
 
@@ -306,9 +309,10 @@ def test_registry_entries_print_readably():
 def test_a_wheel_finds_the_data():
     """Every shipped file sits where importlib.resources looks and matches pyproject's package-data."""
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
-    patterns = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["m1.benchmarks"]
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    patterns = pyproject["tool"]["setuptools"]["package-data"]["m1.benchmarks"]
     data = resources.files("m1.benchmarks") / "data"
-    needed = {b.filename for b in BENCHMARKS.values() if b.shipped} | {"PROVENANCE.md"}
+    needed = {b.filename for b in BENCHMARKS.values() if b.filename is not None} | {"PROVENANCE.md"}
     needed |= {p.name for p in Path(str(data)).glob("LICENSE-*.txt")}
     for name in needed:
         assert (data / name).is_file(), name
@@ -337,8 +341,10 @@ def test_build_is_reproducible(tmp_path, monkeypatch):
 
 
 def test_user_benchmark_file_with_several_sources(tmp_path):
-    (tmp_path / "gpqa.json").write_text(json.dumps({**eval_format(4), "PubMedQA_test": eval_format(3)["GPQA_Medical_test"]}))
-    with pytest.raises(M1Error, match=r'holds several sources \(GPQA_Medical_test, PubMedQA_test\); a file for benchmark "gpqa"'):
+    doc = {**eval_format(4), "PubMedQA_test": eval_format(3)["GPQA_Medical_test"]}
+    (tmp_path / "gpqa.json").write_text(json.dumps(doc))
+    with pytest.raises(M1Error, match=r'holds several sources \(GPQA_Medical_test, PubMedQA_test\); '
+                                      r'a file for benchmark "gpqa"'):
         load_benchmark("gpqa", data_dir=tmp_path)
 
 

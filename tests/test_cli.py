@@ -40,8 +40,8 @@ def test_eval_writes_table_plot_and_records(tmp_path):
 
 def test_resume_after_kill_never_recomputes_or_duplicates(tmp_path):
     out = tmp_path / "run"
-    args = ["eval", "--limit", "8", "--budgets", "16,64", "--answer-max-tokens", "16",
-            "--chunk-size", "2", "--out", str(out), "--quiet"]
+    # Eight questions in flight at once (the engine's slots): the kill lands with many of them half done.
+    args = ["eval", "--limit", "12", "--budgets", "16,64", "--answer-max-tokens", "16", "--out", str(out), "--quiet"]
     proc = subprocess.Popen(M1 + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     traces = out / "traces.jsonl"
     deadline = time.time() + 300
@@ -50,22 +50,27 @@ def test_resume_after_kill_never_recomputes_or_duplicates(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     before = lines(traces)
-    assert 4 <= len(before) < 16, "the kill should land mid-run"
+    assert 4 <= len(before) < 24, "the kill should land mid-run"
+    # A question's records are written together, when all its budgets are answered.
+    per_question: dict[str, set[int]] = {}
+    for rec in before:
+        per_question.setdefault(rec["id"], set()).add(rec["budget"])
+    assert all(b == {16, 64} for b in per_question.values())
     # Mark a finished record: a recomputation would overwrite or duplicate it.
     before[0]["answer"] = "MARKER"
     traces.write_text("".join(json.dumps(r) + "\n" for r in before) + '{"id": "half-writ')
-    r = run_m1(*args)
+    # Resumed with fewer requests in flight: scheduling is not part of the run's identity.
+    r = run_m1(*args, "--engine-opt", "n_slots=3")
     assert r.returncode == 0, r.stderr
     after = lines(traces)
-    assert len(after) == 16
-    assert len({(x["id"], x["budget"]) for x in after}) == 16
+    assert len(after) == 24
+    assert len({(x["id"], x["budget"]) for x in after}) == 24
     assert after[: len(before)] == before  # untouched, in place
 
 
 def test_ctrl_c_saves_finished_questions(tmp_path):
     out = tmp_path / "run"
-    args = ["eval", "--limit", "8", "--budgets", "32", "--answer-max-tokens", "8", "--chunk-size", "2",
-            "--out", str(out), "--quiet"]
+    args = ["eval", "--limit", "16", "--budgets", "32", "--answer-max-tokens", "8", "--out", str(out), "--quiet"]
     proc = subprocess.Popen(M1 + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     traces = out / "traces.jsonl"
     deadline = time.time() + 300
@@ -77,7 +82,12 @@ def test_ctrl_c_saves_finished_questions(tmp_path):
         pytest.skip("the run finished before the interrupt landed")
     assert proc.returncode == 130
     assert "Traceback" not in err and "rerun the same command to resume" in err
-    assert len(lines(traces)) >= 2
+    saved = lines(traces)
+    assert len(saved) >= 1
+    r = run_m1(*args)  # the rerun finishes the rest, nothing twice
+    assert r.returncode == 0, r.stderr
+    after = lines(traces)
+    assert after[: len(saved)] == saved and len({x["id"] for x in after}) == len(after) == 16
 
 
 def _bad(tmp_path, *args):
@@ -125,3 +135,23 @@ def test_unreachable_server(tmp_path):
     err = _bad(tmp_path, "eval", "--engine", "openai", "--model", "x", "--base-url", "http://127.0.0.1:9/v1",
                "--engine-opt", "tokenizer=none")
     assert "127.0.0.1:9" in err
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["--temperature", "-0.5"], "--temperature must be >= 0"),
+    (["--top-p", "0"], "--top-p must be in (0, 1]"),
+    (["--top-p", "1.5"], "--top-p must be in (0, 1]"),
+    (["--engine-opt", "n_slot=4"], "did you mean n_slots?"),
+    (["--engine-opt", "n_slots=0"], "n_slots=0: must be a whole number >= 1"),
+    (["--engine", "openai", "--engine-opt", "concurency=16"], "did you mean concurrency?"),
+])
+def test_bad_option_values(tmp_path, args, expected):
+    assert expected in _bad(tmp_path, "eval", *args)
+
+
+def test_out_naming_a_file(tmp_path):
+    f = tmp_path / "afile"
+    f.write_text("x")
+    r = run_m1("eval", "--out", str(f / "run"), "--quiet", timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert "is a file, not a folder" in r.stderr and str(f) in r.stderr

@@ -2,13 +2,21 @@
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from m1.benchmarks.items import Item
 from m1.curation.collect import collect, shuffle_options
-from m1.curation.config import (CollectConfig, DedupConfig, FormatConfig, SetConfig, SourceConfig, ValidateConfig,
-                                load_config)
+from m1.curation.config import (
+    CollectConfig,
+    DedupConfig,
+    FormatConfig,
+    SetConfig,
+    SourceConfig,
+    ValidateConfig,
+    load_config,
+)
 from m1.curation.dedup import EvalIndex, dedup, load_eval_items
 from m1.curation.domains import TfidfClassifier, parse_code, qualifiers
 from m1.curation.formatting import format_rows
@@ -68,7 +76,8 @@ def test_collect_errors_are_one_line(tmp_path):
     with pytest.raises(M1Error, match="does not exist"):
         collect(CollectConfig((SourceConfig("x", "headqa", str(tmp_path / "nope.json")),)), 0)
     bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"instances": {"input": "QUESTION: q\\nOption A: x\\nOption B: y", "output": "Answer: (A)"}}\n{oops\n')
+    bad.write_text('{"instances": {"input": "QUESTION: q\\nOption A: x\\nOption B: y", "output": "Answer: (A)"}}\n'
+                   '{oops\n')
     with pytest.raises(M1Error, match="bad.jsonl line 2: invalid JSON"):
         collect(CollectConfig((SourceConfig("x", "selfbiorag", str(bad)),)), 0)
     with pytest.raises(M1Error, match="exactly one of path"):
@@ -131,7 +140,8 @@ def test_stem_rules_ngram_short_stems_and_pool_repeats():
     # Same short generic stem, different options: a different question.
     assert idx.match(Item("p2", "Which of the following is true?", {"A": "Aspirin is an opioid", "B": "y"}, "A", "p"),
                      cfg) is None
-    m = idx.match(Item("p3", "Which of the following is TRUE ?", {"A": "x", "B": "Insulin lowers glucose"}, "B", "p"), cfg)
+    m = idx.match(Item("p3", "Which of the following is TRUE ?", {"A": "x", "B": "Insulin lowers glucose"}, "B", "p"),
+                  cfg)
     assert m is not None and m.rule == "exact"
     # Pool repeats: same stem and option set in another order -> dropped; other options -> kept.
     a = Item("q1", "What causes scurvy in sailors on long voyages at sea?", {"A": "Vitamin C", "B": "Iron"}, "A", "p")
@@ -183,7 +193,8 @@ def test_validate_keeps_letter_or_exact_text_and_rejects_first_character_false_p
 
 
 def test_split_reasoning_styles():
-    assert split_reasoning({"content": "\\boxed{A}", "reasoning_content": "hmm"}) == ("hmm", "\\boxed{A}", "reasoning_content")
+    assert split_reasoning({"content": "\\boxed{A}", "reasoning_content": "hmm"}) == \
+        ("hmm", "\\boxed{A}", "reasoning_content")
     assert split_reasoning({"content": "<think>\nhmm\n</think>\n\n\\boxed{A}"}) == ("hmm", "\\boxed{A}", "think_tags")
     assert split_reasoning({"content": "hmm</think>B"}) == ("hmm", "B", "think_tags")  # template opened the tag
     assert split_reasoning({"content": "<think>still thinking"}) == ("still thinking", "", "think_tags")
@@ -271,7 +282,7 @@ def test_config_errors(tmp_path, text, message):
 
 def test_example_config_parses_and_resolves_paths():
     cfg = load_config(Path(__file__).parents[1] / "configs" / "data" / "example.yaml")
-    assert all(Path(s.path).is_file() for s in cfg.collect.sources)
+    assert all(s.path is not None and Path(s.path).is_file() for s in cfg.collect.sources)
     assert cfg.difficulty.models[0].engine == "openai" and cfg.select.sets[0].name == "m1k"
 
 
@@ -280,10 +291,10 @@ def test_build_skips_unchanged_stages_and_reruns_changed_ones(tmp_path):
 
     cfg_path = tmp_path / "c.yaml"
     sources = [dataclasses.asdict(s) | {"limit": 6} for s in SOURCES]
-    doc = {"out_dir": str(tmp_path / "out"), "collect": {"sources": sources},
-           "dedup": {"benchmarks": ["pubmedqa", "medqa"]}}
+    doc: dict[str, Any] = {"out_dir": str(tmp_path / "out"), "collect": {"sources": sources},
+                           "dedup": {"benchmarks": ["pubmedqa", "medqa"]}}
     cfg_path.write_text(json.dumps(doc))
-    logs = []
+    logs: list[str] = []
     first = build(load_config(cfg_path), until="dedup", log=logs.append)
     assert [r.skipped for r in first] == [False, False]
     m = first[1].manifest
@@ -309,8 +320,8 @@ def test_hub_sources_convert_rows_of_each_kind(monkeypatch):
     rows = {
         "openlifescienceai/medmcqa": [{"question": "Which vitamin prevents scurvy?", "opa": "A", "opb": "C",
                                        "opc": "D", "opd": "K", "cop": 1, "id": "m1"}],
-        "qiaojin/PubMedQA": [{"pubid": 123, "question": "Does X cause Y?", "context": {"contexts": ["Abs 1.", "Abs 2."]},
-                              "final_decision": "no"}],
+        "qiaojin/PubMedQA": [{"pubid": 123, "question": "Does X cause Y?",
+                              "context": {"contexts": ["Abs 1.", "Abs 2."]}, "final_decision": "no"}],
         "head_qa": [{"qid": 7, "qtext": "Cells of the bone?", "ra": 2, "image": "", "name": "exam1",
                      "answers": [{"aid": 1, "atext": "Neurons"}, {"aid": 2, "atext": "Osteoblasts"}]}],
     }
@@ -367,7 +378,8 @@ def test_cli_runs_one_stage_and_reports_errors_in_one_line(tmp_path, capsys):
     from m1.curation.cli import run
 
     cfg = tmp_path / "c.json"
-    cfg.write_text(json.dumps({"out_dir": str(tmp_path / "out"), "collect": {"sources": [dataclasses.asdict(SOURCES[1])]}}))
+    cfg.write_text(json.dumps({"out_dir": str(tmp_path / "out"),
+                               "collect": {"sources": [dataclasses.asdict(SOURCES[1])]}}))
     assert run(["data", "collect", str(cfg)]) == 0
     assert json.loads((tmp_path / "out" / "collect" / "manifest.json").read_text())["counts_out"] == {"medmcqa": 30}
     assert run(["data", "dedup", str(tmp_path / "missing.yaml")]) == 2

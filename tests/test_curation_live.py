@@ -229,7 +229,8 @@ def test_killed_build_resumes_without_repeating_finished_items(proxy, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     db = sqlite3.connect(tmp_path / "out" / "cache" / "teacher.sqlite")
-    finished = {item_key(json.loads(req)["messages"][-1]["content"]) for (req,) in db.execute("SELECT request FROM replies")}
+    finished = {item_key(json.loads(req)["messages"][-1]["content"])
+                for (req,) in db.execute("SELECT request FROM replies")}
     db.close()
     assert 2 <= len(finished) < 6
     asked_before = {k: len(v) for k, v in proxy.events.items()}

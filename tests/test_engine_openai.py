@@ -124,3 +124,87 @@ def test_matches_in_process_reference(engine):
         ref.close()
     assert ours.token_ids == theirs.token_ids
     assert (ours.finish_reason, ours.stop_index) == (theirs.finish_reason, theirs.stop_index)
+
+
+def test_sixteen_requests_in_flight_against_a_real_server(server, monkeypatch):
+    """The engine keeps `concurrency` requests open at once (the server queues what it cannot
+    batch) and each result reaches its own caller."""
+    eng = OpenAIEngine(base_url=server, concurrency=16)
+    assert eng.capacity == 16
+    peak = []
+    add = eng.meter.add
+
+    def watch(delta):
+        add(delta)
+        peak.append(eng.meter.in_flight)
+
+    monkeypatch.setattr(eng.meter, "add", watch)
+    prompts = [chat_prompt(eng, f"Count from {i} to {i + 3}.") for i in range(20)]
+    caps = [2 + i % 5 for i in range(20)]
+    together = eng.generate([GenRequest(p, c) for p, c in zip(prompts, caps)])
+    assert max(peak) == 16
+    alone = [eng.generate([GenRequest(p, c)])[0] for p, c in zip(prompts[:4], caps[:4])]
+    assert [r.token_ids for r in together[:4]] == [r.token_ids for r in alone]
+    assert all(len(r.token_ids) <= c for r, c in zip(together, caps))
+
+
+def _start_server(port: int):
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(GGUF), "--host", "127.0.0.1",
+                             "--port", str(port), "--n_ctx", "2048", "--flash_attn", "false"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 90
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=2).read()
+            return proc
+        except OSError:
+            if proc.poll() is not None or time.time() > deadline:
+                proc.kill()
+                pytest.fail("llama-cpp-python server did not start")
+            time.sleep(0.3)
+
+
+def test_two_replicas_one_killed_mid_run_nothing_lost_or_duplicated(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    ports = [free_port(), free_port()]
+    procs = [_start_server(p) for p in ports]
+    out = tmp_path / "run"
+    urls = ",".join(f"http://127.0.0.1:{p}/v1" for p in ports)
+    cmd = [sys.executable, "-m", "m1.cli", "eval", "--engine", "openai", "--base-url", urls, "--model", str(GGUF),
+           "--format", "plain", "--limit", "8", "--budgets", "16,32", "--answer-max-tokens", "8",
+           "--out", str(out), "--quiet"]
+    try:
+        run = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        traces = out / "traces.jsonl"
+        deadline = time.time() + 300
+        while time.time() < deadline and (not traces.exists() or len(traces.read_text().splitlines()) < 2):
+            time.sleep(0.1)
+        procs[1].send_signal(signal.SIGKILL)  # the second replica dies with requests in flight
+        stdout, stderr = run.communicate(timeout=600)
+        assert run.returncode == 0, stderr
+        assert f"127.0.0.1:{ports[1]}" in stderr and "go to the other servers" in stderr
+        recs = [json.loads(x) for x in traces.read_text().splitlines()]
+        assert len(recs) == 16 and len({(r["id"], r["budget"]) for r in recs}) == 16
+        assert all(r["thinking_tokens"] <= r["budget"] for r in recs)
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
+def test_base_url_list_with_a_dead_server_is_refused_unless_asked(server):
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    with pytest.raises(M1Error) as e:
+        OpenAIEngine(base_url=f"{server},{dead}", model=str(GGUF))
+    msg = str(e.value)
+    assert dead in msg and "skip_unreachable=true" in msg and "\n" not in msg
+    eng = OpenAIEngine(base_url=f"{server},{dead}", model=str(GGUF), skip_unreachable=True)
+    assert [s.base_url for s in eng._servers] == [server]

@@ -72,3 +72,107 @@ def test_vllm_output_mapping():
     out = SimpleNamespace(token_ids=(0, 1, 2), text="The answer is", finish_reason="length", stop_reason=None)
     r = to_result(out, req, detok)
     assert (r.finish_reason, r.stop_index) == ("length", 3)
+
+
+# -- the engine's request handling, on a stand-in for vLLM ---------------------------------
+# vLLM needs a GPU; this stand-in has the same `LLM.llm_engine` surface (add_request, step,
+# abort_request) and a continuous-batching scheduler of its own, so the code around it
+# (admission, stepping, results to the right caller) runs for real. Token t of a request is
+# a function of its prompt and position only, as under greedy decoding.
+class _FakeScheduler:
+    def __init__(self, max_num_seqs):
+        self.max_num_seqs, self.waiting, self.running, self.peak, self.added_while_running = max_num_seqs, [], {}, 0, 0
+
+    def add_request(self, rid, prompt, params):
+        if self.running:
+            self.added_while_running += 1
+        self.waiting.append((rid, list(prompt["prompt_token_ids"]), params))
+
+    def abort_request(self, ids):
+        for rid in ids:
+            self.running.pop(rid, None)
+
+    def step(self):
+        while self.waiting and len(self.running) < self.max_num_seqs:
+            rid, prompt, params = self.waiting.pop(0)
+            self.running[rid] = (prompt, params, [])
+        self.peak = max(self.peak, len(self.running))
+        outs = []
+        for rid, (prompt, params, gen) in list(self.running.items()):
+            tok = (sum(prompt) * 31 + len(gen) * 7) % 50 + 1
+            gen.append(tok)
+            stop = tok in params.stop_token_ids
+            if stop or len(gen) >= params.max_tokens:
+                del self.running[rid]
+                out = SimpleNamespace(token_ids=tuple(gen), text=detok_num(gen),
+                                      finish_reason="stop" if stop else "length", stop_reason=tok if stop else None)
+                outs.append(SimpleNamespace(request_id=rid, finished=True, outputs=[out]))
+        return outs
+
+
+def detok_num(ids):
+    return " ".join(str(i) for i in ids)
+
+
+class _FakeTokenizer:
+    bos_token_id, eos_token_id, chat_template = None, 50, None
+
+    def encode(self, text, add_special_tokens=False):
+        return [int(x) for x in text.split()]
+
+    def decode(self, ids, **_):
+        return detok_num(ids)
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch):
+    import sys
+    import types
+
+    mod = types.ModuleType("vllm")
+
+    class LLM:
+        def __init__(self, model, max_num_seqs, **_):
+            self.llm_engine = _FakeScheduler(max_num_seqs)
+
+        def get_tokenizer(self):
+            return _FakeTokenizer()
+
+    setattr(mod, "LLM", LLM)  # noqa: B010 (a module built at run time)
+    setattr(mod, "SamplingParams", lambda **kw: SimpleNamespace(**kw))  # noqa: B010
+    monkeypatch.setitem(sys.modules, "vllm", mod)
+    return mod
+
+
+def test_vllm_engine_hands_every_ready_request_to_the_scheduler(fake_vllm):
+    eng = VLLMEngine("stand-in", max_num_seqs=64)
+    try:
+        assert eng.capacity == 64
+        reqs = [GenRequest((i, i + 1), max_new_tokens=3 + i % 17, stop_token_ids=(13,)) for i in range(100)]
+        results = eng.generate(reqs)
+        sched = eng._llm.llm_engine
+        assert sched.peak == 64  # not 8: all that fit run together
+        for req, res in zip(reqs, results):  # each result reached its own caller
+            assert len(res.token_ids) <= req.max_new_tokens
+            want = [(sum(req.prompt_ids) * 31 + k * 7) % 50 + 1 for k in range(len(res.token_ids))]
+            assert res.token_ids == want
+    finally:
+        eng.close()
+
+
+def test_vllm_engine_takes_requests_while_others_run(fake_vllm):
+    """The budget controller's pipelines submit follow-ups (forcing rounds, answers) as soon as
+    a request returns; they join the running batch instead of waiting for it to drain."""
+    from m1.thinking import BudgetController, ThinkingParams, get_format, sweep
+
+    eng = VLLMEngine("stand-in", max_num_seqs=256)
+    try:
+        fmt = get_format("m1", think_start="1", think_end="2", answer_start="3", answer_forced="4", answer_end="50")
+        ctl = BudgetController(eng, fmt, ThinkingParams(budget=40, forcing_rounds=1, ignore_str="7",
+                                                        answer_max_tokens=5))
+        prompts = [[i, 2 * i + 1] for i in range(30)]
+        out = sweep(ctl, prompts, [str(i) for i in range(30)], [10, 40])
+        assert all(len(t.ids) <= b for b, (ths, _) in out.items() for t in ths)
+        assert eng._llm.llm_engine.added_while_running > 0
+    finally:
+        eng.close()

@@ -14,7 +14,8 @@ from m1.benchmarks.items import Item
 from m1.errors import M1Error
 from m1.grading import GRADERS, get_grader, m1_compat, strict
 
-CORPUS = [json.loads(line) for line in (Path(__file__).parent / "data" / "grading_corpus.jsonl").read_text().splitlines()
+CORPUS = [json.loads(line)
+          for line in (Path(__file__).parent / "data" / "grading_corpus.jsonl").read_text().splitlines()
           if line.strip()]
 
 

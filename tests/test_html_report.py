@@ -20,7 +20,8 @@ import pytest
 from m1.reporting import cli_report
 
 CHROMIUM = "/usr/bin/chromium"
-pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian's chromium (apt-get install chromium)")
+pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM),
+                                reason="needs Debian's chromium (apt-get install chromium)")
 
 # Without the networking flags Chromium waits on services it cannot reach on a closed network.
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -71,7 +72,8 @@ def make_records(n_questions, sources, seed, inject=False):
                     "id": qid, "source": source, "budget": budget, "gold": gold, "options": options,
                     "prompt": prompt, "prompt_tokens": 120, "thinking": thinking, "thinking_tokens": n_tok,
                     "thinking_ended": "budget" if n_tok == budget else "natural", "hit_budget": n_tok == budget,
-                    "forcing_rounds": 0, "forced_at": [], "think_finish_reasons": ["length" if n_tok == budget else "stop"],
+                    "forcing_rounds": 0, "forced_at": [],
+                    "think_finish_reasons": ["length" if n_tok == budget else "stop"],
                     "answer_prefix": "<answer>\n", "answer": answer, "answer_tokens": 9, "answer_finish_reason": "stop",
                     "graded_text": answer, "letter": letter, "outcome": outcome, "rule": "boxed" if letter else "none",
                     "correct": outcome == "correct"})
@@ -91,6 +93,12 @@ def write_run(folder: Path, records, **cfg):
 # ---------------------------------------------------------------- a small DevTools client
 
 class Browser:
+    # set by the fixture that opens the report page
+    tmp: Path
+    html_file: Path
+    records: list[dict]
+    runs: dict[str, list[dict]]
+
     def __init__(self, profile: Path, log: Path):
         cmd_r, self.cmd_w = os.pipe()  # we write commands, Chromium reads fd 3
         self.res_r, res_w = os.pipe()  # Chromium writes fd 4, we read
@@ -110,7 +118,8 @@ class Browser:
                                      preexec_fn=child, close_fds=False)
         os.close(hi_in)
         os.close(hi_out)
-        self.buf, self.next_id, self.events, self.session = b"", 0, [], None
+        self.buf, self.next_id, self.session = b"", 0, None
+        self.events: list[dict] = []
 
     def _recv(self, deadline):
         while b"\0" not in self.buf:
@@ -166,10 +175,12 @@ class Browser:
 
     def click(self, selector):
         """A real mouse click at the element's centre (not element.click())."""
-        box = self.js(f"(() => {{ const e = document.querySelector({json.dumps(selector)}); e.scrollIntoView({{block: 'nearest'}});"
+        box = self.js(f"(() => {{ const e = document.querySelector({json.dumps(selector)}); "
+                      "e.scrollIntoView({block: 'nearest'});"
                       "const r = e.getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; })()")
         for kind in ("mousePressed", "mouseReleased"):
-            self.send("Input.dispatchMouseEvent", {"type": kind, "x": box[0], "y": box[1], "button": "left", "clickCount": 1})
+            self.send("Input.dispatchMouseEvent",
+                      {"type": kind, "x": box[0], "y": box[1], "button": "left", "clickCount": 1})
 
     def screenshot(self, path: Path):
         data = base64.b64decode(self.send("Page.captureScreenshot", {"format": "png"})["data"])
@@ -218,7 +229,8 @@ def page(tmp_path_factory):
         b.session = b.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
         for domain in ("Page", "Runtime", "Log"):
             b.send(f"{domain}.enable")
-        b.send("Emulation.setDeviceMetricsOverride", {"width": 1440, "height": 900, "deviceScaleFactor": 1, "mobile": False})
+        b.send("Emulation.setDeviceMetricsOverride",
+               {"width": 1440, "height": 900, "deviceScaleFactor": 1, "mobile": False})
         b.send("Page.addScriptToEvaluateOnNewDocument", {"source": WATCH})
         b.send("Page.navigate", {"url": html_file.as_uri()})
         b.wait_event("Page.loadEventFired")
@@ -245,7 +257,8 @@ def set_filter(b, fid, value):
 def page_errors(b):
     bad = [m for m in b.events if m.get("method") in ("Runtime.exceptionThrown", "Page.javascriptDialogOpening")]
     bad += [m for m in b.events if m.get("method") == "Log.entryAdded" and m["params"]["entry"]["level"] == "error"]
-    bad += [m for m in b.events if m.get("method") == "Runtime.consoleAPICalled" and m["params"]["type"] in ("error", "assert")]
+    bad += [m for m in b.events
+            if m.get("method") == "Runtime.consoleAPICalled" and m["params"]["type"] in ("error", "assert")]
     return bad
 
 
@@ -323,7 +336,8 @@ def test_compare_shows_question_at_each_budget(page):
     # medqa-0005 is in both runs: a row of five budgets for each.
     cells = page.js("Array.from(document.querySelectorAll('#compare .cmp-cell')).map((c) => Number(c.dataset.budget))")
     assert cells == BUDGETS * 2
-    assert page.js("Array.from(document.querySelectorAll('#compare .cmp-run')).map((e) => e.textContent)") == ["alpha", "beta"]
+    runs = page.js("Array.from(document.querySelectorAll('#compare .cmp-run')).map((e) => e.textContent)")
+    assert runs == ["alpha", "beta"]
     shown = page.js("Array.from(document.querySelectorAll('#compare .c-thinking')).map((e) => e.textContent)")
     want = [r["thinking"] for name in ("alpha", "beta") for b in BUDGETS
             for r in page.runs[name] if r["id"] == "medqa-0005" and r["budget"] == b]

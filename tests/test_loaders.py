@@ -179,7 +179,8 @@ def test_duplicate_ids(tmp_path):
 
 
 @pytest.mark.parametrize("name, text, message", [
-    ("broken.json", '[\n  {"question": "q",\n   "options": ["a" "b"]}\n]', r"broken\.json line 3 column \d+: invalid JSON"),
+    ("broken.json", '[\n  {"question": "q",\n   "options": ["a" "b"]}\n]',
+     r"broken\.json line 3 column \d+: invalid JSON"),
     ("broken.jsonl", json.dumps(ROW) + "\n\n" + '{"question": "q", \n', r"broken\.jsonl line 3: invalid JSON"),
 ])
 def test_invalid_json_names_line(tmp_path, name, text, message):

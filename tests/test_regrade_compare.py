@@ -4,11 +4,12 @@ import json
 import pytest
 
 from m1 import compare, regrade
+from m1.benchmarks.items import Item
 from m1.errors import M1Error
 from m1.grading import strict
-from m1.benchmarks.items import Item
 
-OPTS = {"A": "Hepatitis B infection", "B": "C. difficile colitis", "C": "Vitamin A deficiency", "D": "Ulcerative colitis"}
+OPTS = {"A": "Hepatitis B infection", "B": "C. difficile colitis", "C": "Vitamin A deficiency",
+        "D": "Ulcerative colitis"}
 
 
 def record(qid: str, source: str, budget: int, text: str, gold: str = "C") -> dict:

@@ -3,8 +3,18 @@ import math
 import pytest
 
 from m1.reporting.metrics import wilson_interval
-from m1.reporting.stats import (Flips, accuracy_table, across_seeds, averages, flip_table, mcnemar_exact,
-                                paired_compare, paired_pooled, seeds_table, t95)
+from m1.reporting.stats import (
+    Flips,
+    accuracy_table,
+    across_seeds,
+    averages,
+    flip_table,
+    mcnemar_exact,
+    paired_compare,
+    paired_pooled,
+    seeds_table,
+    t95,
+)
 
 
 def recs(source: str, budget: int, correct: list[int], start: int = 0) -> list[dict]:
@@ -37,13 +47,13 @@ def test_mcnemar_large_counts_stay_finite():
 # ---- flips and paired comparisons ----
 
 def test_flip_table_counts():
-    a = [1, 1, 1, 0, 0, 0, 1, 0]
-    b = [1, 0, 1, 1, 1, 0, 0, 0]
+    a = [x == 1 for x in (1, 1, 1, 0, 0, 0, 1, 0)]
+    b = [x == 1 for x in (1, 0, 1, 1, 1, 0, 0, 0)]
     f = flip_table(a, b)
     assert f == Flips(both_right=2, right_to_wrong=2, wrong_to_right=2, both_wrong=2)
     assert f.n == 8
     with pytest.raises(ValueError):
-        flip_table([1], [1, 0])
+        flip_table([True], [True, False])
 
 
 def test_paired_compare_point_values_and_p():

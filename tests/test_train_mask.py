@@ -1,5 +1,6 @@
 """m1 train: the loss mask, token by token, on the real SmolLM2 tokenizer; packing."""
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,9 +15,10 @@ from m1.training.config import TrainConfig  # noqa: E402
 from m1.training.model import load_tokenizer  # noqa: E402
 
 FIXTURE = Path(__file__).parent / "data" / "train_m1_tiny.jsonl"
-RECORD = {"question": "Which vitamin deficiency causes scurvy?",
-          "options": {"A": "Vitamin A", "B": "Vitamin C", "C": "Vitamin D", "D": "Vitamin K"},
-          "reasoning": "Scurvy is impaired collagen synthesis.\nThat needs ascorbate.", "answer": "B. Vitamin C"}
+RECORD: dict[str, Any] = {"question": "Which vitamin deficiency causes scurvy?",
+                          "options": {"A": "Vitamin A", "B": "Vitamin C", "C": "Vitamin D", "D": "Vitamin K"},
+                          "reasoning": "Scurvy is impaired collagen synthesis.\nThat needs ascorbate.",
+                          "answer": "B. Vitamin C"}
 REPLY = ("<|im_start|>think\nScurvy is impaired collagen synthesis.\nThat needs ascorbate.\n"
          "<|im_start|>answer\nAnswer: B. Vitamin C<|im_end|>")
 

@@ -59,7 +59,7 @@ def test_output_is_an_ordinary_model_folder(smollm):
     assert "quantization_config" not in config and config["use_cache"] is True  # no GGUF marker left
     saved = load_config(out / CONFIG_NAME)
     assert saved == smollm.config and saved.dtype == "float32" and saved.gradient_accumulation_steps == 1
-    assert Path(saved.dataset) == FIXTURE.resolve()
+    assert Path(saved.require("dataset")) == FIXTURE.resolve()
     history = json.loads((out / "trainer_state.json").read_text())["log_history"]
     assert [h["loss"] for h in history if "loss" in h] == smollm.losses  # the loss curve is kept
 

@@ -59,7 +59,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rerun thinking for each budget instead of cutting one long run (slower, same answers)")
     e.add_argument("--instruction", default=d.instruction, help="text appended to each question")
     e.add_argument("--system-prompt")
-    e.add_argument("--chunk-size", type=int, default=d.chunk_size, help="questions in flight together")
     e.add_argument("--out", help="run folder (default: runs/<name>-<config hash>; rerun resumes)")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
     e.set_defaults(func=cmd_eval)
@@ -87,11 +86,12 @@ def config_from_args(a: argparse.Namespace) -> EvalConfig:
     overrides = {k: getattr(a, k) for k in ("think_start", "think_end", "answer_start", "answer_forced", "answer_end")
                  if getattr(a, k) is not None}
     return EvalConfig(
-        benchmark=a.benchmark, suite=a.suite, data_dir=a.data_dir, data=a.data, limit=a.limit or None, seed=a.seed, engine=a.engine, model=a.model,
+        benchmark=a.benchmark, suite=a.suite, data_dir=a.data_dir, data=a.data, limit=a.limit or None, seed=a.seed,
+        engine=a.engine, model=a.model,
         engine_options=options, format=a.format, format_overrides=overrides, budgets=a.budgets,
         answer_max_tokens=a.answer_max_tokens, forcing_rounds=a.forcing, ignore_str=a.ignore_str,
         temperature=a.temperature, top_p=a.top_p, method="independent" if a.independent else "cut",
-        instruction=a.instruction, system_prompt=a.system_prompt, chunk_size=a.chunk_size,
+        instruction=a.instruction, system_prompt=a.system_prompt,
     )
 
 
@@ -102,7 +102,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
     cfg = config_from_args(a)
     bar = None
 
-    def progress(done: int, total: int, tok_s: float) -> None:
+    def progress(done: int, total: int, load: dict) -> None:
         nonlocal bar
         if a.quiet:
             return
@@ -111,7 +111,8 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
             bar = tqdm(total=total, initial=done, unit="q", desc="questions", file=sys.stderr)
         bar.n = done
-        bar.set_postfix_str(f"{tok_s:.0f} tok/s")
+        if load:
+            bar.set_postfix_str(f"{load['tokens_per_s']:.0f} tok/s, engine {load['occupancy']:.0%} full")
         bar.refresh()
 
     result = evaluate(cfg, out=a.out, progress=progress)
@@ -119,7 +120,8 @@ def cmd_eval(a: argparse.Namespace) -> int:
         bar.close()
     print(markdown_table(result.metrics["rows"]), end="")
     if result.missing:
-        print(f"\nnot present, skipped: {', '.join(result.missing)} (put their files in --data-dir; see `m1 benchmarks`)")
+        print(f"\nnot present, skipped: {', '.join(result.missing)} "
+              "(put their files in --data-dir; see `m1 benchmarks`)")
     print(f"\nrun folder: {result.run_dir}")
     print(f"plot: {result.run_dir / 'accuracy_vs_budget.png'}")
     return 0

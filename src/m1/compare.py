@@ -35,7 +35,8 @@ def compare_runs(run_a: str | Path, run_b: str | Path | None = None, budgets: li
         have = sorted({r["budget"] for r in recs_a})
         budgets = sorted(budgets) if budgets else have
         if len(budgets) < 2:
-            raise M1Error(f"{run_a} has budgets {have}; comparing within one run needs two of them (--budgets 256,1024)")
+            raise M1Error(f"{run_a} has budgets {have}; comparing within one run needs two of them "
+                          "(--budgets 256,1024)")
         lost = [b for b in budgets if b not in have]
         if lost:
             raise M1Error(f"{run_a} has no records at budget {lost[0]}; it has {have}")
@@ -144,7 +145,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("compare", help="paired comparison of two runs, or of budgets within one run")
     p.add_argument("run_a", help="run folder (A, the baseline)")
     p.add_argument("run_b", nargs="?", help="second run folder (B); omit to compare budgets within run A")
-    p.add_argument("--budgets", type=_budget_list, help="e.g. 256,1024: budgets to compare (one run: consecutive pairs)")
+    p.add_argument("--budgets", type=_budget_list,
+                   help="e.g. 256,1024: budgets to compare (one run: consecutive pairs)")
     p.add_argument("--grader", choices=sorted(GRADERS), help="re-grade both sides with this grader first")
     p.add_argument("--n-boot", type=int, default=N_BOOT, help="bootstrap resamples")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")

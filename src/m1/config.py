@@ -8,6 +8,10 @@ from dataclasses import asdict, dataclass, field, fields
 from m1.errors import M1Error
 
 M1_INSTRUCTION = "Return your final response within \\boxed{}."
+# Engine options that only decide how the work is scheduled, never what is computed: a run
+# resumed with other values (more requests in flight, other replicas) continues the same run.
+SCHEDULING_OPTIONS = ("n_slots", "n_threads", "n_batch", "concurrency", "base_url", "timeout",
+                      "skip_unreachable", "max_num_seqs", "batch_size", "api_key_env")
 
 
 @dataclass(frozen=True)
@@ -42,7 +46,6 @@ class EvalConfig:
     method: str = "cut"  # or "independent"
     instruction: str = M1_INSTRUCTION
     system_prompt: str | None = None
-    chunk_size: int = 8  # questions in flight together
 
     def __post_init__(self):
         if self.format == "auto":
@@ -59,8 +62,14 @@ class EvalConfig:
             raise M1Error(f"--limit must be positive, got {self.limit}")
         if self.method not in ("cut", "independent"):
             raise M1Error(f"--method must be 'cut' or 'independent', got {self.method!r}")
-        if self.chunk_size <= 0:
-            raise M1Error(f"--chunk-size must be positive, got {self.chunk_size}")
+        if not self.temperature >= 0:
+            raise M1Error(f"--temperature must be >= 0 (0 is greedy), got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise M1Error(f"--top-p must be in (0, 1], got {self.top_p}")
+        if self.answer_max_tokens <= 0:
+            raise M1Error(f"--answer-max-tokens must be positive, got {self.answer_max_tokens}")
+        if self.forcing_rounds < 0:
+            raise M1Error(f"--forcing must be >= 0 rounds, got {self.forcing_rounds}")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -68,14 +77,24 @@ class EvalConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "EvalConfig":
+    def from_dict(cls, d: dict) -> EvalConfig:
         names = {f.name for f in fields(cls)}
+        d = {k: v for k, v in d.items() if k != "chunk_size"}  # gone: questions now flow one by one
         unknown = set(d) - names
         if unknown:
             raise M1Error(f"config: unknown field(s) {sorted(unknown)}; known: {sorted(names)}")
         return cls(**d)
 
+    @staticmethod
+    def identity(d: dict) -> dict:
+        """The part of a config dict that decides results: all but scheduling options and
+        fields that no longer mean anything (chunk_size, in runs written before pipelines)."""
+        d = {k: v for k, v in d.items() if k != "chunk_size"}
+        d["engine_options"] = {k: v for k, v in (d.get("engine_options") or {}).items()
+                               if k not in SCHEDULING_OPTIONS}
+        return d
+
     def fingerprint(self) -> str:
         """Short hash of everything that changes results (so a rerun finds its folder)."""
-        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        blob = json.dumps(self.identity(self.to_dict()), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:8]

@@ -1,17 +1,18 @@
 """items → prompts → engine → traces → grades → reports, with resume."""
 from __future__ import annotations
 
-import time
+import asyncio
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 from m1.benchmarks.items import Item
 from m1.config import EvalConfig
 from m1.engines import Engine, make_engine
+from m1.engines.base import common_prefix, load_between, run_sync
 from m1.errors import M1Error
 from m1.runs import RunDir, package_versions
-from m1.thinking.budget import BudgetController, ThinkingParams, sweep
+from m1.thinking.budget import BudgetController, ContextLog, ThinkingParams
 from m1.thinking.formats import get_format
 
 
@@ -44,7 +45,11 @@ def load_items(cfg: EvalConfig, names: list[str]) -> list[Item]:
     return items
 
 
-def build_prompt(engine: Engine, item: Item, cfg: EvalConfig) -> str:
+class ChatTemplate(Protocol):
+    def render_chat(self, messages: list[dict]) -> str: ...
+
+
+def build_prompt(engine: ChatTemplate, item: Item, cfg: EvalConfig) -> str:
     user = item.prompt_text()
     if cfg.instruction:
         user = f"{user}\n{cfg.instruction}"
@@ -55,7 +60,10 @@ def build_prompt(engine: Engine, item: Item, cfg: EvalConfig) -> str:
 
 
 def default_run_dir(cfg: EvalConfig) -> Path:
-    source = Path(cfg.data).stem if cfg.data else (f"suite-{cfg.suite}" if cfg.suite else cfg.benchmark.replace(",", "+"))
+    if cfg.data:
+        source = Path(cfg.data).stem
+    else:
+        source = f"suite-{cfg.suite}" if cfg.suite else cfg.benchmark.replace(",", "+")
     model = Path(cfg.model).stem if cfg.model else "smollm2-135m"
     return Path("runs") / f"{source}-{cfg.engine}-{model}-{cfg.format}-{cfg.fingerprint()}"
 
@@ -64,9 +72,15 @@ def versions() -> dict:
     return package_versions(("m1", "llama-cpp-python", "transformers", "torch", "vllm", "openai", "numpy"))
 
 
+Progress = Callable[[int, int, dict], None]
+
+
 def evaluate(cfg: EvalConfig, out: str | Path | None = None, engine: Engine | None = None,
-             progress: Callable[[int, int, float], None] | None = None) -> EvalResult:
-    """Run (or resume) an evaluation; returns every record and the metrics."""
+             progress: Progress | None = None) -> EvalResult:
+    """Run (or resume) an evaluation; returns every record and the metrics.
+
+    `progress(done, total, load)` is called as questions finish; `load` holds the engine's
+    occupancy and tokens/s so far."""
     from m1.grading import grade
     from m1.reporting.report import write_reports
 
@@ -79,48 +93,86 @@ def evaluate(cfg: EvalConfig, out: str | Path | None = None, engine: Engine | No
                             answer_max_tokens=cfg.answer_max_tokens, temperature=cfg.temperature,
                             top_p=cfg.top_p, seed=cfg.seed)
     run = RunDir(out or default_run_dir(cfg))
+    run.check_target()
     own_engine = engine is None
     engine = engine or make_engine(cfg.engine, cfg.model, **cfg.engine_options)
     try:
-        run.prepare(cfg.to_dict(), {"versions": versions(), "engine": engine.describe()})
+        run.prepare(cfg.to_dict(), {"versions": versions(), "engine": engine.describe()}, EvalConfig.identity)
         records = run.load()
         done = {(r["id"], r["budget"]) for r in records}
         todo = [it for it in items if any((it.id, b) not in done for b in cfg.budgets)]
         controller = BudgetController(engine, fmt, params)
-        generated, start = 0, time.perf_counter()
-        finished = len(items) - len(todo)
-        if progress:
-            progress(finished, len(items), 0.0)
-        for k in range(0, len(todo), cfg.chunk_size):
-            chunk = todo[k:k + cfg.chunk_size]
-            prompts_text = [build_prompt(engine, it, cfg) for it in chunk]
-            prompts = [engine.encode_prompt(t) for t in prompts_text]
-            keys = [it.id for it in chunk]
-            per_budget = sweep(controller, prompts, keys, cfg.budgets, cfg.method)
-            new = []
-            for b in sorted(per_budget):
-                thinkings, answers = per_budget[b]
-                for it, text, prompt, th, ans in zip(chunk, prompts_text, prompts, thinkings, answers):
-                    if (it.id, b) in done:
-                        continue
-                    new.append(make_record(it, b, text, prompt, th, ans, engine, controller, grade))
-            if cfg.method == "cut":
-                generated += sum(per_budget[max(cfg.budgets)][0][i].generated for i in range(len(chunk)))
-            else:
-                generated += sum(t.generated for b in per_budget for t in per_budget[b][0])
-            generated += sum(len(a.ids) for b in per_budget for a in per_budget[b][1])
-            run.append(new)
-            records += new
-            finished += len(chunk)
-            if progress:
-                progress(finished, len(items), generated / max(time.perf_counter() - start, 1e-9))
+        load = _Pipelines(engine, controller, cfg, run, done, grade, progress).run(todo, total=len(items))
     finally:
         if own_engine:
             engine.close()
     wanted = {it.id for it in items}
+    records = run.load()
     records = [r for r in records if r["id"] in wanted and r["budget"] in cfg.budgets]
-    metrics = write_reports(run.path, records, cfg)
+    metrics = write_reports(run.path, records, cfg, load=load)
     return EvalResult(run.path, records, metrics, missing)
+
+
+class _Pipelines:
+    """Every question its own pipeline; `engine.capacity` questions in flight, the next one
+    started the moment one finishes; each question's records appended (fsync) as it finishes."""
+
+    def __init__(self, engine, controller, cfg, run, done, grade, progress):
+        self.engine, self.controller, self.cfg, self.run_dir = engine, controller, cfg, run
+        self.done, self.grade, self.progress = done, grade, progress
+        self.minimum = 0  # context tokens the engine had to evaluate at the least
+
+    def run(self, todo: list[Item], total: int) -> dict | None:
+        if self.progress:
+            self.progress(total - len(todo), total, {})
+        if not todo:
+            return None
+        return run_sync(self._all(todo, total))
+
+    async def _all(self, todo: list[Item], total: int) -> dict:
+        meter = self.engine.meter
+        start = meter.reading()
+        last_started = None
+        finished = total - len(todo)
+        slots = asyncio.Semaphore(max(1, int(self.engine.capacity)))
+        shared = _shared_prefix([self._prompt(it)[1] for it in todo[:8]])
+        self.minimum = shared
+
+        async def one(k: int, item: Item) -> None:
+            nonlocal last_started, finished
+            async with slots:
+                if k == len(todo) - 1:
+                    last_started = meter.reading()  # from here on no question is left to start
+                text, ids = self._prompt(item)
+                log = ContextLog()
+                per_budget = await self.controller.question(ids, item.id, self.cfg.budgets, self.cfg.method, log)
+                self.minimum += log.minimum - min(shared, len(ids))
+                new = [make_record(item, b, text, ids, th, ans, self.engine, self.controller, self.grade)
+                       for b, (th, ans) in sorted(per_budget.items()) if (item.id, b) not in self.done]
+                self.run_dir.append(new)
+            finished += 1
+            if self.progress:
+                self.progress(finished, total, load_between(start, meter.reading(), meter.capacity))
+
+        await asyncio.gather(*(one(k, it) for k, it in enumerate(todo)))
+        end = meter.reading()
+        load = load_between(start, end, meter.capacity)
+        load["while_questions_remain"] = load_between(start, last_started or end, meter.capacity)
+        load["context_minimum"] = self.minimum
+        if load["context_tokens"]:
+            load["context_vs_minimum"] = round(load["context_tokens"] / max(self.minimum, 1), 4)
+        return load
+
+    def _prompt(self, item: Item) -> tuple[str, list[int]]:
+        text = build_prompt(self.engine, item, self.cfg)
+        return text, self.engine.encode_prompt(text)
+
+
+def _shared_prefix(prompts: list[list[int]]) -> int:
+    """Tokens every prompt starts with (the chat template's header, a system prompt)."""
+    if not prompts:
+        return 0
+    return min(common_prefix(prompts[0], p) for p in prompts)
 
 
 def make_record(item, budget, prompt_text, prompt_ids, th, ans, engine, controller, grade) -> dict:

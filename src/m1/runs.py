@@ -22,8 +22,17 @@ class RunDir:
         self.path = Path(path)
         self.traces = self.path / TRACES
 
-    def prepare(self, config: dict, environment: dict) -> None:
-        """Create the folder, or check that an existing one holds the same config."""
+    def check_target(self) -> None:
+        """A run folder must be a folder: say so before any work if --out names something else."""
+        for parent in (self.path, *self.path.parents):
+            if parent.exists() and not parent.is_dir():
+                raise M1Error(f"--out {self.path}: {parent} is a file, not a folder; pass a folder path for the run")
+
+    def prepare(self, config: dict, environment: dict, identity=lambda d: d) -> None:
+        """Create the folder, or check that an existing one holds the same config.
+
+        `identity(config)` is what must match; settings that only schedule the work (how
+        many requests in flight, which servers) may differ between a run and its resume."""
         self.path.mkdir(parents=True, exist_ok=True)
         cfg_file = self.path / CONFIG
         if cfg_file.exists():
@@ -31,11 +40,12 @@ class RunDir:
                 saved = json.loads(cfg_file.read_text())["config"]
             except (json.JSONDecodeError, KeyError):
                 raise M1Error(f"{cfg_file} is damaged; delete the run folder or pass another --out") from None
-            diff = [k for k in sorted(set(saved) | set(config)) if saved.get(k) != config.get(k)]
+            saved, now = identity(saved), identity(config)
+            diff = [k for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
             if diff:
                 k = diff[0]
                 raise M1Error(f"{self.path} holds a run with another config ({k}: {saved.get(k)!r} there, "
-                              f"{config.get(k)!r} now); pass another --out or delete the folder")
+                              f"{now.get(k)!r} now); pass another --out or delete the folder")
         else:
             tmp = cfg_file.with_suffix(".tmp")
             tmp.write_text(json.dumps({"config": config, "environment": environment}, indent=2))

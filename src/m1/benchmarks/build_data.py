@@ -19,7 +19,8 @@ import sys
 from pathlib import Path
 
 OUT = Path(__file__).parent / "data"
-PUBMEDQA_BRIDGE = "\n\nUsing the above document as a reference, please review the following question and choose the option you find most appropriate.\n"
+PUBMEDQA_BRIDGE = ("\n\nUsing the above document as a reference, please review the following question and choose the "
+                   "option you find most appropriate.\n")
 MMLU_SUBJECTS = ("anatomy", "clinical_knowledge", "college_biology", "college_medicine", "medical_genetics",
                  "professional_medicine")
 
@@ -68,7 +69,8 @@ def mmlu_pro(src: Path) -> list[dict]:
     category and src come from the official result files, which hold the same items
     in question_id order."""
     items = json.loads((src / "huatuo_o1_eval/MMLU-Pro_Medical_test.json").read_text())
-    official = [t for c in ("biology", "health") for t in json.loads((src / f"mmlu_pro/gpt4o_2024-05/{c}_result.json").read_text())]
+    official = [t for c in ("biology", "health")
+                for t in json.loads((src / f"mmlu_pro/gpt4o_2024-05/{c}_result.json").read_text())]
     official.sort(key=lambda t: t["question_id"])
     rows = []
     for it, t in zip(items, official, strict=True):
@@ -81,7 +83,8 @@ def mmlu_pro(src: Path) -> list[dict]:
 def mmlu_medical(src: Path) -> list[dict]:
     rows = []
     for subject in MMLU_SUBJECTS:
-        with open(src / f"mmlu_medical/final_via_MLILAB-FedLLM/test/{subject}_test.csv", newline="", encoding="utf-8") as f:
+        path = src / f"mmlu_medical/final_via_MLILAB-FedLLM/test/{subject}_test.csv"
+        with open(path, newline="", encoding="utf-8") as f:
             reader = csv.reader(f)
             assert next(reader) == ["question", "choice0", "choice1", "choice2", "choice3", "answer"]
             for i, (question, *choices, answer) in enumerate(reader):

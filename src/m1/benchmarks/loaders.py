@@ -111,7 +111,8 @@ def _parse(text: str, where: str, default_source: str, jsonl_hint: bool = False,
             if _first_line_is_json(text):  # a JSONL file with a .json name
                 rows = _jsonl_rows(text, where, default_source)
             else:
-                raise M1Error(f"{where} line {e.lineno} column {e.colno}: invalid JSON ({e.msg}); fix the syntax") from None
+                raise M1Error(f"{where} line {e.lineno} column {e.colno}: invalid JSON ({e.msg}); "
+                              "fix the syntax") from None
         else:
             rows = _document_rows(doc, where, default_source)
     if not rows:
@@ -121,12 +122,14 @@ def _parse(text: str, where: str, default_source: str, jsonl_hint: bool = False,
         if len(sources) > 1:
             raise M1Error(f'{where} holds several sources ({", ".join(sources)}); a file for benchmark "{id_prefix}" '
                           "must hold one: keep only its list of questions")
-        rows = [(default_source, *rest) for _, *rest in rows]
-    items, seen = [], {}
+        rows = [(default_source, index, place, record) for _, index, place, record in rows]
+    items: list[Item] = []
+    seen: dict[str, str] = {}
     for source, index, place, record in rows:
         item = _item(record, f"{where} {place}", source, f"{id_prefix or source}-{index:04d}", id_prefix)
         if item.id in seen:
-            raise M1Error(f'{where} {place}: field "id" is "{item.id}", already used at {seen[item.id]}; ids must be unique')
+            raise M1Error(f'{where} {place}: field "id" is "{item.id}", already used at {seen[item.id]}; '
+                          "ids must be unique")
         seen[item.id] = place
         items.append(item)
     return items
@@ -152,7 +155,8 @@ def _jsonl_rows(text: str, where: str, source: str) -> list[Row]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as e:
-            raise M1Error(f"{where} line {lineno}: invalid JSON ({e.msg} at column {e.colno}); each line must be one JSON object") from None
+            raise M1Error(f"{where} line {lineno}: invalid JSON ({e.msg} at column {e.colno}); "
+                          "each line must be one JSON object") from None
         rows.append((source, len(rows), f"line {lineno}", record))
     return rows
 
@@ -190,17 +194,20 @@ def _document_rows(doc: object, where: str, default_source: str) -> list[Row]:
         rows: list[Row] = []
         for source, records in doc.items():
             if not isinstance(records, list):
-                raise M1Error(f'{where}: key "{source}" should map to a list of questions, got {_type_name(records)}; use {{"<source>": [{{question, options, answer_idx}}, ...]}}')
+                raise M1Error(f'{where}: key "{source}" should map to a list of questions, got '
+                              f'{_type_name(records)}; use {{"<source>": [{{question, options, answer_idx}}, ...]}}')
             rows += [(source, i, f'"{source}" item {i}', r) for i, r in enumerate(records)]
         return rows
-    raise M1Error(f"{where}: top level is {_type_name(doc)}; expected a list of questions or an object mapping source names to lists")
+    raise M1Error(f"{where}: top level is {_type_name(doc)}; expected a list of questions or an object mapping "
+                  "source names to lists")
 
 
 def _column_rows(doc: dict, where: str, source: str) -> list[Row]:
     """{"question": {"0": q0, ...}, "opa": {"0": ...}, ...} -> one record per row key."""
     for column, cells in doc.items():
         if not isinstance(cells, dict):
-            raise M1Error(f'{where}: column "{column}" is {_type_name(cells)}; in a column dump every key maps row numbers to cells, as "question" does')
+            raise M1Error(f'{where}: column "{column}" is {_type_name(cells)}; in a column dump every key maps row '
+                          'numbers to cells, as "question" does')
     keys = list(doc["question"])
     return [(source, i, f'row "{k}"', {c: cells.get(k) for c, cells in doc.items()}) for i, k in enumerate(keys)]
 
@@ -297,7 +304,8 @@ def _answer(record: dict, options: dict[str, str], where: str) -> str:
             raise _bad_type(where, field, 'a letter such as "B"', value)
         letter = value.strip().upper()
         if letter not in options:
-            raise M1Error(f'{where}: field "{field}" is "{value}", not one of the options {letters}; use one of those letters')
+            raise M1Error(f'{where}: field "{field}" is "{value}", not one of the options {letters}; '
+                          "use one of those letters")
         return letter
     if record.get("answer") is None:
         raise M1Error(f'{where}: field "answer_idx" is missing (and no "answer" to derive it from); {ROW_HINT}')
@@ -313,7 +321,8 @@ def _answer(record: dict, options: dict[str, str], where: str) -> str:
     if not matches and prefixed and prefixed[1].upper() in options:
         return prefixed[1].upper()
     if len(value.strip()) == 1 and value.strip().isalpha():
-        raise M1Error(f'{where}: field "answer" is "{value}", not one of the options {letters}; use one of those letters')
+        raise M1Error(f'{where}: field "answer" is "{value}", not one of the options {letters}; '
+                      "use one of those letters")
     problem = "matches several options" if matches else "is neither an option letter nor the exact text of an option"
     raise M1Error(f'{where}: field "answer" ("{_short(value)}") {problem}; add "answer_idx" with the letter')
 

@@ -108,8 +108,8 @@ def load_benchmark(name: str, limit: int | None = None, seed: int = 0,
     """Items of a named benchmark; `limit` takes a seeded, file-ordered sample."""
     key = canonical_name(name)
     bench = BENCHMARKS[key]
-    if bench.shipped:
-        items = _shipped_items(key, bench)
+    if bench.filename is not None:  # shipped
+        items = _shipped_items(key, bench, bench.filename)
     else:
         path = find_user_file(key, data_dir)
         if path is None:
@@ -133,7 +133,9 @@ def find_user_file(name: str, data_dir: str | Path | None = None) -> Path | None
 
 def is_present(name: str, data_dir: str | Path | None = None) -> bool:
     bench = BENCHMARKS[canonical_name(name)]
-    return _resource(bench.filename).is_file() if bench.shipped else find_user_file(name, data_dir) is not None
+    if bench.filename is not None:  # shipped
+        return _resource(bench.filename).is_file()
+    return find_user_file(name, data_dir) is not None
 
 
 def resolve_suite(name: str, data_dir: str | Path | None = None) -> tuple[list[str], list[str]]:
@@ -162,13 +164,13 @@ def canonical_name(name: str) -> str:
                   "(see `m1 benchmarks`); or give the path of a .json/.jsonl/.csv file")
 
 
-def _shipped_items(key: str, bench: Benchmark) -> list[Item]:
-    where = f"m1 package data file {bench.filename}"
+def _shipped_items(key: str, bench: Benchmark, filename: str) -> list[Item]:
+    where = f"m1 package data file {filename}"
     try:
-        raw = _resource(bench.filename).read_bytes()
+        raw = _resource(filename).read_bytes()
     except OSError:
         raise M1Error(f"{where} is missing; the m1 install is incomplete, reinstall m1") from None
-    items = parse_bytes(raw, where, bench.filename, source=key, id_prefix=key)
+    items = parse_bytes(raw, where, filename, source=key, id_prefix=key)
     if bench.only is not None:
         field, value = bench.only
         items = [it for it in items if it.metadata.get(field) == value]

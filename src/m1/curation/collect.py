@@ -42,7 +42,9 @@ def collect(cfg: CollectConfig, seed: int) -> tuple[list[Item], dict]:
     """All sources' items (options shuffled) and per-source notes for the manifest."""
     if not cfg.sources:
         raise M1Error("collect.sources is empty; list at least one source (name, kind, path or hub)")
-    items, notes, seen = [], {}, {}
+    items: list[Item] = []
+    notes: dict[str, dict] = {}
+    seen: dict[str, str] = {}
     for src in cfg.sources:
         got, skipped = load_source(src)
         got = sample(got, src.limit, seed)
@@ -76,7 +78,7 @@ def load_source(src: SourceConfig) -> tuple[list[Item], dict[str, int]]:
         raise M1Error(f'collect source "{src.name}": unknown kind "{src.kind}"; choose one of {", ".join(KINDS)}')
     if bool(src.path) == bool(src.hub):
         raise M1Error(f'collect source "{src.name}": give exactly one of path (a local file) or hub (a dataset id)')
-    if src.hub:
+    if not src.path:  # then src.hub (exactly one of them)
         return from_records(src, _hub_rows(src), f"hub dataset {src.hub}")
     path = Path(src.path)
     if not path.is_file():
@@ -90,7 +92,8 @@ def load_source(src: SourceConfig) -> tuple[list[Item], dict[str, int]]:
 def from_records(src: SourceConfig, records: list[tuple[str, object]], where: str) -> tuple[list[Item], dict]:
     """Items from (place, record) pairs; a bad record is an M1Error naming its place."""
     convert = {"selfbiorag": _selfbiorag, "headqa": _headqa, "pubmedqa": _pubmedqa, "items": _generic}[src.kind]
-    items, skipped = [], {}
+    items: list[Item] = []
+    skipped: dict[str, int] = {}
     for index, (place, rec) in enumerate(records):
         if not isinstance(rec, dict):
             raise M1Error(f"{where} {place}: expected a JSON object, got {type(rec).__name__}")
@@ -117,7 +120,8 @@ def _file_records(kind: str, raw: bytes, where: str) -> list[tuple[str, object]]
                 try:
                     out.append((f"line {n}", json.loads(line)))
                 except json.JSONDecodeError as e:
-                    raise M1Error(f"{where} line {n}: invalid JSON ({e.msg}); self-biorag files hold one object a line") from None
+                    raise M1Error(f"{where} line {n}: invalid JSON ({e.msg}); "
+                                  "self-biorag files hold one object a line") from None
         return out
     try:
         doc = json.loads(text)
@@ -139,7 +143,8 @@ def _hub_rows(src: SourceConfig) -> list[tuple[str, object]]:
     try:
         import datasets
     except ImportError:
-        raise M1Error(f'collect source "{src.name}": hub sources need the `datasets` package: pip install datasets') from None
+        raise M1Error(f'collect source "{src.name}": hub sources need the `datasets` package: '
+                      "pip install datasets") from None
     try:
         ds = datasets.load_dataset(src.hub, src.hub_config, split=src.split)
     except Exception as e:  # network, auth, missing repo: all end the same way for the user

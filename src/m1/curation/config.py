@@ -171,7 +171,8 @@ def to_dict(obj) -> object:
 def load_config(path: str | Path) -> DataConfig:
     path = Path(path)
     if not path.is_file():
-        raise M1Error(f"data config {path} does not exist; give the path of a YAML file such as configs/data/example.yaml")
+        raise M1Error(f"data config {path} does not exist; give the path of a YAML file such as "
+                      "configs/data/example.yaml")
     text = path.read_text(encoding="utf-8")
     try:
         if path.suffix == ".json":
@@ -181,7 +182,8 @@ def load_config(path: str | Path) -> DataConfig:
 
             raw = yaml.safe_load(text)
     except ImportError:
-        raise M1Error("reading YAML configs needs PyYAML: pip install 'm1[data]' (or write the config as .json)") from None
+        raise M1Error("reading YAML configs needs PyYAML: pip install 'm1[data]' "
+                      "(or write the config as .json)") from None
     except Exception as e:  # yaml.YAMLError / JSONDecodeError: their text names line and column
         raise M1Error(f"{path}: not valid YAML/JSON ({' '.join(str(e).split())}); fix the syntax") from None
     if not isinstance(raw, dict):
@@ -241,7 +243,8 @@ def _value(hint, value, where: str):
         return tuple(_value(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if hint in (int, float, str, bool, dict) and not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+    if (hint in (int, float, str, bool, dict) and not isinstance(value, hint)
+            or (hint is int and isinstance(value, bool))):
         raise M1Error(f"{where}: expected {hint.__name__}, got {value!r}")
     return value
 
@@ -259,6 +262,7 @@ def resolve_paths(cfg: DataConfig, base: Path) -> DataConfig:
         tok = p(tok)
     return rep(cfg, out_dir=p(cfg.out_dir),
                collect=rep(cfg.collect, sources=sources),
-               dedup=rep(cfg.dedup, eval_files=tuple(p(f) for f in cfg.dedup.eval_files), data_dir=p(cfg.dedup.data_dir)),
+               dedup=rep(cfg.dedup, eval_files=tuple(p(f) for f in cfg.dedup.eval_files),
+                         data_dir=p(cfg.dedup.data_dir)),
                distill=rep(cfg.distill, cache=p(cfg.distill.cache)),
                format=rep(cfg.format, tokenizer=tok))

@@ -77,7 +77,7 @@ class EvalIndex:
     blocks: dict[int, list[int]] = field(default_factory=dict)
 
     @classmethod
-    def build(cls, items: list[Item], ngram: int) -> "EvalIndex":
+    def build(cls, items: list[Item], ngram: int) -> EvalIndex:
         idx = cls([], ngram)
         for it in items:
             idx.add(it)
@@ -152,8 +152,9 @@ def load_eval_items(cfg: DedupConfig) -> tuple[list[Item], dict[str, object]]:
     from m1.benchmarks import BENCHMARKS, load_benchmark, load_file
 
     every = cfg.benchmarks is None or list(cfg.benchmarks) == ["all"]  # [] means none: only eval_files
-    names = list(BENCHMARKS) if every else list(cfg.benchmarks)
-    items, report = [], {}
+    names = list(BENCHMARKS) if every else list(cfg.benchmarks or ())
+    items: list[Item] = []
+    report: dict[str, object] = {}
     for name in names:
         try:
             got = load_benchmark(name, data_dir=cfg.data_dir)
@@ -179,7 +180,9 @@ def dedup(pool: list[Item], evals: list[Item], cfg: DedupConfig) -> tuple[list[I
         raise M1Error(f"dedup.ngram is {cfg.ngram}; use 3 or more words (13 is the usual choice)")
     index = EvalIndex.build(evals, cfg.ngram)
     own = EvalIndex([], cfg.ngram)  # the kept pool items, for near-duplicates within the pool
-    kept, removed, seen = [], [], {}
+    kept: list[Item] = []
+    removed: list[dict] = []
+    seen: dict[str, int] = {}  # stem + options -> position in the pool
     for pos, item in enumerate(pool):
         if cfg.within_pool:
             key = normalize(item.question) + "\x00" + "\x00".join(sorted(normalize(o) for o in item.options.values()))

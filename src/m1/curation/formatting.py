@@ -5,7 +5,8 @@ reasoning, answer (the teacher's final text, or "C. option text" with answer: le
 prompt (the user message) and `text`, the whole training text in the m1 format inside
 the tokenizer's chat template:
 
-    <chat template up to the assistant turn><|im_start|>think\\n{reasoning}\\n<|im_start|>answer\\nAnswer: {answer}<|im_end|>
+    <chat template up to the assistant turn> +
+    <|im_start|>think\\n{reasoning}\\n<|im_start|>answer\\nAnswer: {answer}<|im_end|>
 
 The delimiters come from m1.thinking.formats (the "m1" format), the same ones m1's
 budget forcing uses at inference, so training and evaluation agree.

@@ -60,7 +60,8 @@ def run_stage(cfg: DataConfig, stage: str, force: bool = False, log=None) -> Sta
     log(f"{stage}: running")
     # format reads every set select wrote, not one "data" table
     tables = {name: read_table(Path(cfg.out_dir) / name / "data.parquet") for name in inputs if stage != "format"}
-    main_in = tables.get(_previous(stage), [])
+    previous = _previous(stage)
+    main_in = tables.get(previous, []) if previous else []
     out, extra = STAGE_FUNCTIONS[stage](cfg, tables, stage_dir)
     m = write_stage(stage_dir, stage, out, input_hash, count_by_source(main_in), cfg.section(stage), started, extra)
     log(f"{stage}: done in {m.seconds:.1f} s ({_summary(m)})")
@@ -86,7 +87,8 @@ def _reads(cfg: DataConfig, stage: str) -> list[str]:
         return sorted({s.input for s in cfg.select.sets})
     if stage == "format":
         return ["select"]
-    return [_previous(stage)]
+    previous = _previous(stage)
+    return [previous] if previous else []
 
 
 def _upstream(cfg: DataConfig, name: str, stage: str) -> Manifest:

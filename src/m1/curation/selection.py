@@ -33,7 +33,8 @@ def check_set(s: SetConfig) -> None:
     if s.method != "all" and (s.n is None or s.n < 1):
         raise M1Error(f'select set "{s.name}": method {s.method} needs n >= 1 (how many items)')
     if s.weighting not in WEIGHTINGS:
-        raise M1Error(f'select set "{s.name}": weighting "{s.weighting}" unknown; choose one of {", ".join(WEIGHTINGS)}')
+        raise M1Error(f'select set "{s.name}": weighting "{s.weighting}" unknown; '
+                      f'choose one of {", ".join(WEIGHTINGS)}')
     if s.weighting != "uniform" and s.method != "domain":
         raise M1Error(f'select set "{s.name}": weighting {s.weighting} applies to method domain only')
     if s.method == "domain" and s.input != "domains":
@@ -43,15 +44,16 @@ def check_set(s: SetConfig) -> None:
 def select(rows: list[dict], s: SetConfig, seed: int) -> list[dict]:
     check_set(s)
     rng = random.Random(f"{seed}:{s.name}")
-    if s.method == "all":
+    n = s.n
+    if s.method == "all" or n is None:  # n is None only for method all (check_set)
         return list(rows)
     if s.method == "random":
-        return rng.sample(rows, min(s.n, len(rows)))
+        return rng.sample(rows, min(n, len(rows)))
     pools: dict[str, dict[str, list[dict]]] = {}
     for r in rows:
         pools.setdefault(r.get("domain") or "", {}).setdefault(r["source"], []).append(r)
-    chosen = []
-    while len(chosen) < s.n and pools:
+    chosen: list[dict] = []
+    while len(chosen) < n and pools:
         domain = rng.choice(sorted(pools))
         source = rng.choice(sorted(pools[domain]))
         items = pools[domain][source]

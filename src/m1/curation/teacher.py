@@ -197,7 +197,7 @@ class Teacher:
         if self.model is None:
             client = self._client()
             await self._resolve_model(client)
-        todo = asyncio.Queue()
+        todo: asyncio.Queue[tuple[int, str, list[dict]]] = asyncio.Queue()
         for i, messages in enumerate(jobs):
             key = self.key(messages, params)
             hit = self.cache.get(key)

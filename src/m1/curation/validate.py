@@ -20,7 +20,9 @@ from m1.grading import get_grader
 def validate(rows: list[dict], cfg: ValidateConfig) -> tuple[list[dict], list[dict], dict]:
     """(kept rows with the grade, rejected rows with the reason, counts by reason)."""
     grade = get_grader(cfg.grader)
-    kept, rejected, why = [], [], Counter()
+    kept: list[dict] = []
+    rejected: list[dict] = []
+    why: Counter[str] = Counter()
     for row in rows:
         item = row_to_item(row)
         g = grade(row["response"], item)

@@ -1,12 +1,22 @@
-"""The engine protocol: token ids in, token ids out.
+"""The engine protocol: token ids in, token ids out, one request at a time.
 
 Every budget in m1 is counted on the ids an engine returns, never by re-tokenizing
 text, so an engine must report exactly which tokens it generated.
+
+Requests arrive as a stream: `await engine.submit(request)` returns when that request is
+done, whatever else is in flight, so each question advances on its own and the engine
+is refilled the moment a sequence finishes. `capacity` is how many requests the engine
+can usefully hold at once (slots, a server's batch); the caller keeps that many in
+flight. `generate(list)` is the same thing for code that wants a plain batch call.
 """
 from __future__ import annotations
 
+import asyncio
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Coroutine, Literal, Protocol, Sequence, TypeVar, runtime_checkable
 
 FinishReason = Literal["stop", "length"]
 
@@ -49,6 +59,12 @@ class Engine(Protocol):
     """A text generator m1 can drive. See engines/llamacpp.py for the reference one."""
 
     name: str
+    capacity: int  # requests worth keeping in flight to fill the engine
+    meter: LoadMeter
+
+    async def submit(self, request: GenRequest) -> GenResult:
+        """Generate for one request; returns when it is done, whatever else is in flight."""
+        ...
 
     def generate(self, requests: Sequence[GenRequest]) -> list[GenResult]:
         """Run all requests (batched as the engine sees fit); results in input order."""
@@ -92,9 +108,9 @@ class StopMatcher:
 
     stop_token_ids: tuple[int, ...]
     stop_strings: tuple[str, ...]
-    detokenize: object  # Callable[[Sequence[int]], str]
+    detokenize: Callable[[Sequence[int]], str]
     ids: list[int] = field(default_factory=list)
-    stop_index: int | None = None
+    stop_index: int = -1  # set when push returns a stop
 
     def push(self, token_id: int) -> str | int | None:
         self.ids.append(token_id)
@@ -119,3 +135,247 @@ class StopMatcher:
             if len(self.detokenize(self.ids[: i + 1])) > char_pos:
                 return i
         return len(self.ids) - 1
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """Length of the longest common prefix of two lists (slice comparisons run in C)."""
+    n = min(len(a), len(b))
+    if a[:n] == b[:n]:
+        return n
+    lo, hi = 0, n  # a[:lo] == b[:lo], a[:hi] != b[:hi]
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if a[lo:mid] == b[lo:mid]:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+# -- streaming --------------------------------------------------------------------------
+T = TypeVar("T")
+
+
+def run_sync(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to completion from synchronous code, also inside a notebook whose
+    event loop is already running (there it runs on a thread of its own)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+async def submit_all(engine: Engine, requests: Sequence[GenRequest]) -> list[GenResult]:
+    return list(await asyncio.gather(*(engine.submit(r) for r in requests)))
+
+
+class StreamingGenerate:
+    """`generate(list)` for engines whose native interface is `submit`."""
+
+    def generate(self, requests: Sequence[GenRequest]) -> list[GenResult]:
+        return run_sync(submit_all(self, requests))  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Reading:
+    """A LoadMeter's counters at one moment; the difference of two is an interval's load."""
+
+    t: float
+    busy: float  # integral of requests in flight over time (request-seconds)
+    active: float  # seconds with at least one request in flight
+    generated: int
+    context: int  # prompt tokens the engine evaluated (0 where it cannot tell)
+    requests: int
+
+
+class LoadMeter:
+    """Requests in flight over time, against the engine's capacity.
+
+    Occupancy over an interval is (busy₂ − busy₁) / (capacity · (t₂ − t₁)): 1.0 when the
+    engine held `capacity` requests all the time."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self._lock = threading.Lock()
+        self._n = 0
+        self._t = time.perf_counter()
+        self._busy = self._active = 0.0
+        self.generated = self.context = self.requests = 0
+
+    def _advance(self) -> None:
+        now = time.perf_counter()
+        self._busy += self._n * (now - self._t)
+        self._active += (now - self._t) if self._n > 0 else 0.0
+        self._t = now
+
+    def set(self, in_flight: int) -> None:
+        with self._lock:
+            self._advance()
+            self._n = in_flight
+
+    def add(self, delta: int) -> None:
+        with self._lock:
+            self._advance()
+            self._n += delta
+
+    def count(self, generated: int = 0, context: int = 0, requests: int = 0) -> None:
+        with self._lock:
+            self.generated += generated
+            self.context += context
+            self.requests += requests
+
+    @property
+    def in_flight(self) -> int:
+        return self._n
+
+    def reading(self) -> Reading:
+        with self._lock:
+            self._advance()
+            return Reading(self._t, self._busy, self._active, self.generated, self.context, self.requests)
+
+
+def load_between(a: Reading, b: Reading, capacity: int) -> dict:
+    """Occupancy, tokens/s and counts between two readings of one meter."""
+    dt = max(b.t - a.t, 1e-9)
+    return {"seconds": round(dt, 3), "capacity": capacity,
+            "occupancy": round((b.busy - a.busy) / (capacity * dt), 4),
+            "mean_in_flight": round((b.busy - a.busy) / dt, 2), "engine_idle": round(1 - (b.active - a.active) / dt, 4),
+            "generated_tokens": b.generated - a.generated, "tokens_per_s": round((b.generated - a.generated) / dt, 2),
+            "context_tokens": b.context - a.context, "requests": b.requests - a.requests}
+
+
+def _queued(queue: list, request: GenRequest) -> asyncio.Future:
+    """Append (request, future) to an engine's queue; the future gets its result."""
+    fut: asyncio.Future = asyncio.get_running_loop().create_future()
+    queue.append((request, fut))
+    return fut
+
+
+def _running(task: asyncio.Task | None, work: Callable[[], Coroutine]) -> asyncio.Task:
+    """The engine's worker task on this event loop: `task` if it still runs here, else a new one."""
+    loop = asyncio.get_running_loop()
+    if task is None or task.done() or task.get_loop() is not loop:
+        task = loop.create_task(work())
+    return task
+
+
+Token = object  # what a stepped engine hands back with a finished result (its caller's future)
+
+
+class _QueuedEngine(StreamingGenerate):
+    """An in-process engine fed through a queue: `submit` queues (request, future) and makes
+    sure the engine's worker task runs on this event loop; `_work` empties the queue on the
+    engine's own worker thread."""
+
+    name = "queued"
+
+    def _start_queue(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.meter = LoadMeter(capacity)
+        self._queue: list[tuple[GenRequest, asyncio.Future]] = []
+        self._task: asyncio.Task | None = None
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix=f"m1-{self.name}")
+
+    def check_request(self, request: GenRequest) -> None:
+        """Raise M1Error for a request the engine can never serve (in the caller's context)."""
+
+    async def submit(self, request: GenRequest) -> GenResult:
+        self.check_request(request)
+        fut = _queued(self._queue, request)
+        self._task = _running(self._task, self._work)
+        return await fut
+
+    async def _work(self) -> None:
+        raise NotImplementedError
+
+    def _close_worker(self) -> None:
+        self._worker.shutdown(wait=True)
+
+
+class SteppedEngine(_QueuedEngine):
+    """Base for in-process engines that advance all their sequences together, one step at a
+    time (llama.cpp's decode, vLLM's LLMEngine.step).
+
+    `submit` puts a request in the inbox and awaits its future. One driver task per event
+    loop hands the inbox to `_advance` on the engine's own worker thread: it admits what it
+    can, runs one step and returns the requests that finished. While a step runs, the
+    pipelines that just got results submit their next requests, which join at the next step.
+    """
+
+    name = "stepped"
+
+    # Implemented by each engine; all of them run on the worker thread only.
+    def _advance(self, new: list[tuple[GenRequest, Token]]) -> list[tuple[Token, GenResult]]:
+        raise NotImplementedError
+
+    def _abandon(self) -> None:
+        """Drop every request in progress (their caller is gone)."""
+        raise NotImplementedError
+
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        # A driver of an earlier event loop may have been cut off mid-run (an exception, a
+        # Ctrl-C): its sequences have nobody waiting. The worker runs one thing at a time,
+        # so this also waits for a step still running from then.
+        await loop.run_in_executor(self._worker, self._abandon)
+        waiting: dict[int, asyncio.Future] = {}
+        try:
+            while self._queue or waiting:
+                new, self._queue = self._queue, []
+                for _, fut in new:
+                    waiting[id(fut)] = fut
+                batch: list[tuple[GenRequest, Token]] = [(r, id(f)) for r, f in new]
+                done = await loop.run_in_executor(self._worker, self._advance, batch)
+                for key, result in done:
+                    fut = waiting.pop(key)  # type: ignore[call-overload]
+                    if not fut.done():
+                        fut.set_result(result)
+                # Let the pipelines that were waiting on these results submit their next
+                # requests before the next step (a few hops: task -> gather -> parent).
+                for _ in range(4):
+                    await asyncio.sleep(0)
+        except BaseException as e:
+            for fut in list(waiting.values()) + [f for _, f in self._queue]:
+                if fut.done():
+                    continue
+                if isinstance(e, Exception):
+                    fut.set_exception(e)
+                else:
+                    fut.cancel()
+            self._queue = []
+            self._worker.submit(self._abandon)
+            raise
+
+
+class BatchedSubmit(_QueuedEngine):
+    """`submit` for engines that only generate whole batches (hf): the requests that arrive
+    while a batch runs form the next one, up to `capacity`. Each batch waits for its
+    slowest member, which is why the stepped engines exist; fine for small models."""
+
+    name = "batched"
+
+    def generate(self, requests: Sequence[GenRequest]) -> list[GenResult]:
+        raise NotImplementedError
+
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._queue:
+            for _ in range(4):  # let the requests submitted together join this batch
+                await asyncio.sleep(0)
+            batch, self._queue = self._queue[: self.capacity], self._queue[self.capacity:]
+            self.meter.set(len(batch))
+            try:
+                results = await loop.run_in_executor(self._worker, self.generate, [r for r, _ in batch])
+            except Exception as e:
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(e)
+                continue
+            finally:
+                self.meter.set(0)
+            self.meter.count(generated=sum(len(r.token_ids) for r in results), requests=len(batch))
+            for (_, fut), res in zip(batch, results):
+                if not fut.done():
+                    fut.set_result(res)

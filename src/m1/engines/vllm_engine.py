@@ -1,14 +1,18 @@
-"""vLLM in process (offline `vllm.LLM`): the fast path on a GPU.
+"""vLLM in process: the fast path on a GPU.
 
+Requests go straight to vLLM's scheduler (`LLM.llm_engine`: `add_request`, then `step`
+until they finish), so every request that is ready is in vLLM's continuous batch at once
+and a finished sequence's place is taken at the next step, exactly as `vllm serve` does.
 vLLM reports the ids it generated, so budgets stay exact. It is an optional extra
 (`pip install 'm1[vllm]'`) and is imported only when this engine is built.
 """
 from __future__ import annotations
 
+import itertools
 from importlib import metadata
 from typing import Sequence
 
-from m1.engines.base import GenRequest, GenResult
+from m1.engines.base import GenRequest, GenResult, SteppedEngine
 from m1.errors import M1Error
 
 
@@ -59,12 +63,15 @@ def locate_stop(ids: Sequence[int], stop: str | int, detokenize) -> int | None:
     return lo
 
 
-class VLLMEngine:
+class VLLMEngine(SteppedEngine):
     name = "vllm"
 
     def __init__(self, model: str, tensor_parallel_size: int = 1, dtype: str = "auto",
                  gpu_memory_utilization: float = 0.9, max_model_len: int | None = None,
-                 trust_remote_code: bool = False, **_):
+                 max_num_seqs: int = 256, enable_prefix_caching: bool = True,
+                 trust_remote_code: bool = False):
+        if not isinstance(max_num_seqs, int) or max_num_seqs < 1:
+            raise M1Error(f"--engine-opt max_num_seqs={max_num_seqs!r}: must be a whole number >= 1")
         try:
             import vllm
         except ImportError:
@@ -75,15 +82,21 @@ class VLLMEngine:
         self._vllm = vllm
         self.model = model
         self.options = {"tensor_parallel_size": tensor_parallel_size, "dtype": dtype,
-                        "gpu_memory_utilization": gpu_memory_utilization, "max_model_len": max_model_len}
+                        "gpu_memory_utilization": gpu_memory_utilization, "max_model_len": max_model_len,
+                        "max_num_seqs": max_num_seqs, "enable_prefix_caching": enable_prefix_caching}
         try:
+            # Prefix caching: the answers after a thinking phase reuse its KV blocks.
             self._llm = vllm.LLM(model=model, tensor_parallel_size=tensor_parallel_size, dtype=dtype,
                                  gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
+                                 max_num_seqs=max_num_seqs, enable_prefix_caching=enable_prefix_caching,
                                  trust_remote_code=trust_remote_code)
         except (OSError, ValueError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise M1Error(f"vLLM could not load {model}: {first}; check the model id or path") from None
         self._tok = self._llm.get_tokenizer()
+        self._running: dict[str, tuple[object, GenRequest]] = {}  # vLLM request id -> (token, request)
+        self._ids = itertools.count()
+        self._start_queue(max_num_seqs)
 
     # -- text <-> ids ---------------------------------------------------------------
     def tokenize(self, text: str) -> list[int]:
@@ -125,16 +138,36 @@ class VLLMEngine:
                 pass
         return {"engine": self.name, "model": self.model, **self.options, "versions": versions}
 
-    # -- generation -------------------------------------------------------------------
-    def generate(self, requests: Sequence[GenRequest]) -> list[GenResult]:
-        if not requests:
-            return []
-        params = [self._vllm.SamplingParams(**build_sampling_kwargs(r)) for r in requests]
-        prompts = [{"prompt_token_ids": list(r.prompt_ids)} for r in requests]
-        outputs = self._llm.generate(prompts=prompts, sampling_params=params, use_tqdm=False)
-        return [to_result(o.outputs[0], r, self.detokenize) for o, r in zip(outputs, requests)]
+    # -- generation (on the worker thread, see SteppedEngine) --------------------------
+    def _advance(self, new):
+        engine = self._llm.llm_engine
+        for req, token in new:
+            rid = f"m1-{next(self._ids)}"
+            self._running[rid] = (token, req)
+            engine.add_request(rid, {"prompt_token_ids": list(req.prompt_ids)},
+                               self._vllm.SamplingParams(**build_sampling_kwargs(req)))
+        self.meter.set(min(len(self._running), self.capacity))
+        finished: list[tuple[object, GenResult]] = []
+        if not self._running:
+            return finished
+        for out in engine.step():
+            if not out.finished or out.request_id not in self._running:
+                continue
+            token, req = self._running.pop(out.request_id)
+            result = to_result(out.outputs[0], req, self.detokenize)
+            self.meter.count(generated=len(result.token_ids), requests=1)
+            finished.append((token, result))
+        self.meter.set(min(len(self._running), self.capacity))
+        return finished
+
+    def _abandon(self) -> None:
+        if self._running and self._llm is not None:
+            self._llm.llm_engine.abort_request(list(self._running))
+        self._running.clear()
+        self.meter.set(0)
 
     def close(self) -> None:
+        self._close_worker()
         self._llm = None
 
 

@@ -82,7 +82,7 @@ def _extract(text: str, options: dict[str, str]) -> tuple[str | None, str]:
 def _last_boxed(text: str) -> str | None:
     """Content of the last complete \\boxed{...} or \\fbox{...}, braces matched (for \\boxed{\\text{C}})."""
     starts = [(m.start(), m.end()) for m in _BOX.finditer(text)]
-    for start, open_end in reversed(starts):  # an unclosed one (truncated output): try an earlier one
+    for _start, open_end in reversed(starts):  # an unclosed one (truncated output): try an earlier one
         depth, i = 1, open_end
         while i < len(text) and depth:
             depth += {"{": 1, "}": -1}.get(text[i], 0)
@@ -192,7 +192,8 @@ def _standalone_letter(rest: str, options: dict[str, str]) -> str | None:
         ok = bool(_UPPER_STOP.match(after)) or _starts_with_option(after.lstrip(" \t.):-"), option_text)
     else:
         punct = _LOWER_PUNCT.match(after)
-        ok = bool(_LOWER_STOP.match(after)) or (bool(punct) and _starts_with_option(after[punct.end():], option_text))
+        ok = bool(_LOWER_STOP.match(after)) or (punct is not None
+                                                and _starts_with_option(after[punct.end():], option_text))
     return letter.upper() if ok else None
 
 

@@ -51,7 +51,8 @@ def _snippet(prompt: str) -> str:
 
 
 def build_data(runs: list[dict], images: dict[str, bytes]) -> dict:
-    questions, traces, qindex = [], [], {}
+    questions: list[dict] = []
+    traces, qindex = [], {}
     out_runs = []
     for i, run in enumerate(runs):
         cfg = run.get("config") or {}
@@ -180,16 +181,20 @@ table.metrics td.l, table.metrics th.l { text-align: left; }
 .plots figure { margin: 0; background: #fff; border: 1px solid #dde1e8; border-radius: 6px; padding: 8px; }
 .plots figcaption { font-size: 12px; color: #6a7385; margin-bottom: 4px; }
 .plots img { max-width: 100%; display: block; }
-pre { white-space: pre-wrap; word-break: break-word; margin: 0; font: 12.5px/1.45 ui-monospace, Menlo, Consolas, monospace;
+pre { white-space: pre-wrap; word-break: break-word; margin: 0;
+      font: 12.5px/1.45 ui-monospace, Menlo, Consolas, monospace;
       background: #fafbfc; border: 1px solid #e3e6ec; border-radius: 4px; padding: 8px; }
 details > summary { cursor: pointer; color: #44506a; font-size: 12px; }
 .filters { display: flex; flex-wrap: wrap; gap: 8px; align-items: center; margin-bottom: 10px; }
 .filters label { font-size: 12px; color: #44506a; display: flex; gap: 4px; align-items: center; }
-.filters select, .filters input { font: inherit; padding: 3px 6px; border: 1px solid #c5cbd6; border-radius: 4px; background: #fff; }
+.filters select, .filters input { font: inherit; padding: 3px 6px; border: 1px solid #c5cbd6; border-radius: 4px;
+                                  background: #fff; }
 .filters input[type=search] { width: 320px; }
 #count { font-size: 12px; color: #44506a; margin-left: auto; }
-.viewer { display: grid; grid-template-columns: minmax(300px, 34%) 1fr; gap: 12px; height: calc(100vh - 130px); min-height: 400px; }
-#list { overflow-y: auto; position: relative; background: #fff; border: 1px solid #dde1e8; border-radius: 6px; outline: none; }
+.viewer { display: grid; grid-template-columns: minmax(300px, 34%) 1fr; gap: 12px; height: calc(100vh - 130px);
+          min-height: 400px; }
+#list { overflow-y: auto; position: relative; background: #fff; border: 1px solid #dde1e8; border-radius: 6px;
+        outline: none; }
 #list .row { position: absolute; left: 0; right: 0; height: 46px; padding: 4px 10px; border-bottom: 1px solid #eef0f4;
              cursor: pointer; overflow: hidden; }
 #list .row:hover { background: #f2f5fb; }
@@ -206,16 +211,20 @@ details > summary { cursor: pointer; color: #44506a; font-size: 12px; }
 .dhead h3 { margin: 0; font-size: 15px; }
 .stats { display: flex; flex-wrap: wrap; gap: 6px 14px; font-size: 12px; margin: 6px 0 10px; }
 .stats span b { color: #1d2330; } .stats span { color: #6a7385; }
-.sect { margin: 10px 0 4px; font-size: 12px; font-weight: 600; color: #44506a; text-transform: uppercase; letter-spacing: .04em; }
+.sect { margin: 10px 0 4px; font-size: 12px; font-weight: 600; color: #44506a; text-transform: uppercase;
+        letter-spacing: .04em; }
 ol.opts { margin: 0; padding-left: 0; list-style: none; font-size: 13px; }
-ol.opts li { padding: 1px 0; } ol.opts li.gold { font-weight: 600; color: #2e8540; } ol.opts li.picked { text-decoration: underline; }
-button.act { font: inherit; font-size: 12px; padding: 3px 10px; border: 1px solid #9aa6bf; background: #f2f5fb; border-radius: 4px; cursor: pointer; }
+ol.opts li { padding: 1px 0; } ol.opts li.gold { font-weight: 600; color: #2e8540; }
+ol.opts li.picked { text-decoration: underline; }
+button.act { font: inherit; font-size: 12px; padding: 3px 10px; border: 1px solid #9aa6bf; background: #f2f5fb;
+             border-radius: 4px; cursor: pointer; }
 .cmp { display: grid; gap: 10px; overflow-x: auto; }
 .cmp-run { font-weight: 600; margin: 10px 0 4px; font-size: 13px; }
 .cmp-cell { border: 1px solid #dde1e8; border-radius: 6px; padding: 8px; min-width: 220px; background: #fcfcfd; }
 .cmp-cell.cur { border-color: #5b7bd5; box-shadow: 0 0 0 1px #5b7bd5; }
 .cmp-cell pre { max-height: 360px; overflow: auto; }
-.cmp-cell .h { display: flex; flex-wrap: wrap; gap: 4px 8px; align-items: center; font-size: 12px; margin-bottom: 6px; cursor: pointer; }
+.cmp-cell .h { display: flex; flex-wrap: wrap; gap: 4px 8px; align-items: center; font-size: 12px; margin-bottom: 6px;
+               cursor: pointer; }
 .cmp-cell .h span { white-space: nowrap; }
 """
 
@@ -245,7 +254,9 @@ SCRIPT = r"""
     e.appendChild(kid instanceof Node ? kid : document.createTextNode(String(kid)));
   }
   function clear(e) { while (e.firstChild) e.removeChild(e.firstChild); }
-  function txt(v) { return v === null || v === undefined ? "–" : (typeof v === "object" ? JSON.stringify(v) : String(v)); }
+  function txt(v) {
+    return v === null || v === undefined ? "–" : (typeof v === "object" ? JSON.stringify(v) : String(v));
+  }
   function pct(v) { return v === null || v === undefined ? "–" : (100 * v).toFixed(1) + "%"; }
   function num(v, d) { return v === null || v === undefined ? "–" : Number(v).toFixed(d); }
   function badge(outcome) { return el("span", {class: "badge " + (outcome || "")}, outcome || "?"); }
@@ -303,7 +314,8 @@ SCRIPT = r"""
       num(row.ci_low, 3) + "–" + num(row.ci_high, 3), pct(row.unparsed_rate),
       num(row.mean_thinking_tokens, 1), num(row.mean_answer_tokens, 1), pct(row.hit_budget_rate)];
     if (multiRun) cells.unshift(r.name);
-    tbody.appendChild(el("tr", null, cells.map((v, i) => el("td", {class: i < (multiRun ? 2 : 1) ? "l" : ""}, txt(v)))));
+    tbody.appendChild(el("tr", null,
+      cells.map((v, i) => el("td", {class: i < (multiRun ? 2 : 1) ? "l" : ""}, txt(v)))));
   }
   table.appendChild(tbody);
   const figs = el("div", {class: "plots"});
@@ -327,7 +339,8 @@ SCRIPT = r"""
   const fBudget = el("select", {id: "f-budget"},
     options(uniq(TS.map((t) => t.budget)).sort((a, b) => a - b), "all budgets"));
   const fOutcome = el("select", {id: "f-outcome"}, options(["correct", "wrong", "unparsed"], "all outcomes"));
-  const fSearch = el("input", {id: "f-search", type: "search", placeholder: "search question, thinking, answer (all words)"});
+  const fSearch = el("input",
+    {id: "f-search", type: "search", placeholder: "search question, thinking, answer (all words)"});
   const count = el("span", {id: "count"});
   const list = el("div", {id: "list", tabindex: "0"});
   const spacer = el("div");
@@ -428,9 +441,9 @@ SCRIPT = r"""
     }
     return ol;
   }
-  const SHOWN = new Set(["q", "budget", "prompt", "prompt_tokens", "thinking", "thinking_tokens", "thinking_ended", "thinking_stop",
-    "hit_budget", "forcing_rounds", "forced_at", "think_finish_reasons", "answer_prefix", "answer", "answer_tokens",
-    "answer_finish_reason", "graded_text", "letter", "outcome", "rule", "correct"]);
+  const SHOWN = new Set(["q", "budget", "prompt", "prompt_tokens", "thinking", "thinking_tokens", "thinking_ended",
+    "thinking_stop", "hit_budget", "forcing_rounds", "forced_at", "think_finish_reasons", "answer_prefix", "answer",
+    "answer_tokens", "answer_finish_reason", "graded_text", "letter", "outcome", "rule", "correct"]);
 
   function openTrace(i) {
     selected = i;
@@ -443,7 +456,8 @@ SCRIPT = r"""
         el("button", {class: "act", id: "btn-compare", onclick: () => openCompare(i)}, "compare across budgets")),
       el("div", {class: "stats"}, stat("gold", qq.gold), stat("extracted", t.letter), stat("rule", t.rule),
         stat("prompt tok", t.prompt_tokens), stat("thinking tok", txt(t.thinking_tokens) + " / " + t.budget),
-        stat("thinking ended", t.thinking_ended), stat("thinking stop", t.thinking_stop), stat("hit budget", t.hit_budget ? "yes" : "no"),
+        stat("thinking ended", t.thinking_ended), stat("thinking stop", t.thinking_stop),
+        stat("hit budget", t.hit_budget ? "yes" : "no"),
         stat("forcing rounds", t.forcing_rounds), stat("forced at", t.forced_at),
         stat("think finish", t.think_finish_reasons), stat("answer tok", t.answer_tokens),
         stat("answer finish", t.answer_finish_reason)),
@@ -491,7 +505,8 @@ SCRIPT = r"""
             el("b", null, "budget " + t.budget), badge(t.outcome), el("span", null, "letter " + txt(t.letter)),
             el("span", null, txt(t.thinking_tokens) + " tok, ended by " + txt(t.thinking_ended))),
           el("div", {class: "sect"}, "Thinking"), el("pre", {class: "c-thinking"}, thinkingOf(t)),
-          el("div", {class: "sect"}, "Answer"), el("pre", {class: "c-answer"}, (t.answer_prefix || "") + (t.answer || ""))));
+          el("div", {class: "sect"}, "Answer"),
+          el("pre", {class: "c-answer"}, (t.answer_prefix || "") + (t.answer || ""))));
       }
       wrap.appendChild(grid);
     }

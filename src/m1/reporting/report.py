@@ -32,9 +32,19 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_reports(run_dir: Path, records: list[dict], cfg) -> dict:
+def write_reports(run_dir: Path, records: list[dict], cfg, load: dict | None = None) -> dict:
+    """Table, CSV, metrics.json and the plot. `load`: the engine's occupancy, tokens/s and
+    context evaluated while this invocation generated (kept from before when it generated nothing)."""
     rows = compute_metrics(records)
-    metrics = {"rows": rows, "n_records": len(records)}
+    metrics: dict = {"rows": rows, "n_records": len(records)}
+    old = run_dir / "metrics.json"
+    if load is None and old.exists():
+        try:
+            load = json.loads(old.read_text()).get("engine_load")
+        except (ValueError, AttributeError):
+            load = None
+    if load:
+        metrics["engine_load"] = load
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     (run_dir / "table.md").write_text(markdown_table(rows))
     with open(run_dir / "table.csv", "w", newline="") as f:

@@ -159,7 +159,7 @@ def mcnemar_exact(b: int, c: int) -> float:
 def flip_table(a: Sequence[bool], b: Sequence[bool]) -> Flips:
     if len(a) != len(b):
         raise ValueError(f"paired results need equal lengths, got {len(a)} and {len(b)}")
-    cells = defaultdict(int)
+    cells: defaultdict[tuple[bool, bool], int] = defaultdict(int)
     for x, y in zip(a, b):
         cells[(bool(x), bool(y))] += 1
     return Flips(cells[(True, True)], cells[(True, False)], cells[(False, True)], cells[(False, False)])

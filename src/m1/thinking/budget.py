@@ -13,14 +13,21 @@ reaches B ids, so its thinking is the first B ids of the longer run's, cut by th
 budget (`Thinking.at_budget`). A forcing round happens at the same position in both,
 and a round whose ignore string does not fit is a budget cut in both, which keeps
 the prefix property with forcing on. Under sampling the same holds in distribution.
+
+Scheduling. Each question is its own pipeline (`BudgetController.question`): think (in
+forcing rounds) → the answer phase of every budget, each step submitted the moment the
+previous one returns, so many questions advance together with no barrier between them
+and the engine stays full (see engines/base.py). A question's tokens never depend on
+what runs beside it, so the order in which questions advance changes nothing.
 """
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from dataclasses import dataclass, field, replace
 from typing import Literal, Sequence
 
-from m1.engines.base import Engine, GenRequest
+from m1.engines.base import Engine, GenRequest, GenResult, common_prefix, run_sync
 from m1.errors import M1Error
 from m1.thinking.formats import ReasoningFormat
 
@@ -65,7 +72,7 @@ class Thinking:
     def rounds(self) -> int:
         return len(self.forced_at)
 
-    def at_budget(self, budget: int) -> "Thinking":
+    def at_budget(self, budget: int) -> Thinking:
         """The thinking a run at `budget` would have produced (see module docstring)."""
         if self.ended == "natural" and len(self.ids) <= budget:
             return self
@@ -93,7 +100,7 @@ def request_seed(base: int, *keys: object) -> int:
 
 
 class BudgetController:
-    """Drives an engine through think → (force) → answer for a batch of prompts."""
+    """Drives an engine through think → (force) → answer, one pipeline per question."""
 
     def __init__(self, engine: Engine, fmt: ReasoningFormat, params: ThinkingParams):
         self.engine, self.fmt, self.params = engine, fmt, params
@@ -110,6 +117,7 @@ class BudgetController:
         self.answer_stop_ids = tuple(dict.fromkeys(end_ids + list(engine.eos_token_ids)))
         self.answer_stop_strs = tuple(end_strs)
         self.delimiter_len = max([len(tok(fmt.think_end))] if fmt.think_end else [1])
+        self._prefix_cache: dict[str, list[int]] = {}
 
     def _stops(self, text: str | None) -> tuple[list[int], list[str]]:
         """A delimiter that is one token stops by id (exact); longer ones by string."""
@@ -121,49 +129,114 @@ class BudgetController:
     def think_prompt(self, prompt_ids: Sequence[int]) -> list[int]:
         return list(prompt_ids) + self.think_start_ids
 
-    def think(self, prompts: Sequence[Sequence[int]], keys: Sequence[str], budget: int | None = None) -> list[Thinking]:
-        """Think on every prompt under `budget` (default: params.budget), forcing as configured."""
+    async def think_one(self, prompt: Sequence[int], key: str, budget: int | None = None,
+                        log: ContextLog | None = None) -> Thinking:
+        """One question's thinking under `budget` (default: params.budget), forcing as configured."""
         budget = budget or self.params.budget
         p = self.params
-        states = [Thinking(ids=[], ended="budget") for _ in prompts]
-        active = list(range(len(prompts)))
-        while active:
-            requests = [
-                GenRequest(
-                    prompt_ids=tuple(self.think_prompt(prompts[i]) + states[i].ids),
-                    max_new_tokens=budget - len(states[i].ids) + self.delimiter_len,
-                    stop_token_ids=self.think_stop_ids,
-                    stop_strings=self.think_stop_strs,
-                    temperature=p.temperature,
-                    top_p=p.top_p,
-                    seed=request_seed(p.seed, keys[i], "think", states[i].rounds),
-                )
-                for i in active
-            ]
-            results = self.engine.generate(requests)
-            still = []
-            for i, res in zip(active, results):
-                s = states[i]
-                s.generated += len(res.token_ids)
-                s.finish_reasons.append(res.finish_reason)
+        s = Thinking(ids=[], ended="budget")
+        while len(s.ids) < budget:
+            req = GenRequest(
+                prompt_ids=tuple(self.think_prompt(prompt) + s.ids),
+                max_new_tokens=budget - len(s.ids) + self.delimiter_len,
+                stop_token_ids=self.think_stop_ids,
+                stop_strings=self.think_stop_strs,
+                temperature=p.temperature,
+                top_p=p.top_p,
+                seed=request_seed(p.seed, key, "think", s.rounds),
+            )
+            res = await self._submit(req, log)
+            s.generated += len(res.token_ids)
+            s.finish_reasons.append(res.finish_reason)
+            room = budget - len(s.ids)
+            if res.finish_reason == "stop" and res.stop_index <= room:
+                s.ids += res.token_ids[: res.stop_index]
+                s.stop = self.engine.detokenize(res.token_ids[res.stop_index:])
+                if s.rounds >= p.forcing_rounds:
+                    s.ended = "natural"
+                    break
                 room = budget - len(s.ids)
-                if res.finish_reason == "stop" and res.stop_index <= room:
-                    s.ids += res.token_ids[: res.stop_index]
-                    s.stop = self.engine.detokenize(res.token_ids[res.stop_index:])
-                    if s.rounds >= p.forcing_rounds:
-                        s.ended = "natural"
-                        continue
-                    room = budget - len(s.ids)
-                    if room == 0:  # the ignore string does not fit: the budget ends it
-                        continue
-                    s.forced_at.append(len(s.ids))
-                    s.ids += self.ignore_ids[:room]
-                    if len(s.ids) < budget:
-                        still.append(i)
-                else:
-                    s.ids += res.token_ids[:room]
-            active = still
-        return states
+                if room == 0:  # the ignore string does not fit: the budget ends it
+                    break
+                s.forced_at.append(len(s.ids))
+                s.ids += self.ignore_ids[:room]
+            else:
+                s.ids += res.token_ids[:room]
+                break
+        return s
+
+    async def _submit(self, req: GenRequest, log: ContextLog | None) -> GenResult:
+        res = await self.engine.submit(req)
+        if log is not None:
+            log.add(req, res)
+        return res
+
+    def answer_request(self, prompt: Sequence[int], thinking: Thinking, key: str) -> GenRequest | None:
+        """The answer phase's request after `thinking`; None when the model already answered."""
+        if not self.needs_answer_phase(thinking):
+            return None
+        p = self.params
+        return GenRequest(
+            prompt_ids=tuple(self.think_prompt(prompt) + thinking.ids + self._prefix_ids(self.answer_prefix(thinking))),
+            max_new_tokens=p.answer_max_tokens,
+            stop_token_ids=self.answer_stop_ids,
+            stop_strings=self.answer_stop_strs,
+            temperature=p.temperature,
+            top_p=p.top_p,
+            # The answer seed depends on the question only: the same context gets
+            # the same answer whichever sweep method produced it.
+            seed=request_seed(p.seed, key, "answer"),
+        )
+
+    def _prefix_ids(self, text: str) -> list[int]:
+        if text not in self._prefix_cache:
+            self._prefix_cache[text] = self.engine.tokenize(text)
+        return self._prefix_cache[text]
+
+    async def answers(self, prompt: Sequence[int], thinkings: Sequence[Thinking], key: str,
+                      log: ContextLog | None = None) -> list[Answer]:
+        """The answer after each of one question's thinkings; identical contexts are generated once.
+
+        All are submitted together, longest context first: an engine that schedules them one
+        after another in the slot holding the thinking evaluates only each answer's new tokens."""
+        reqs = [self.answer_request(prompt, th, key) for th in thinkings]
+        unique = sorted({r.prompt_ids: r for r in reqs if r is not None}.values(), key=lambda r: -len(r.prompt_ids))
+        results = await asyncio.gather(*(self._submit(r, log) for r in unique))
+        by_ctx = dict(zip((r.prompt_ids for r in unique), results))
+        out = []
+        for th, req in zip(thinkings, reqs):
+            if req is None:
+                out.append(Answer(ids=[], text="", finish_reason="none", prefix=""))
+                continue
+            res = by_ctx[req.prompt_ids]
+            ids = res.token_ids[: res.stop_index]
+            out.append(Answer(ids=ids, text=self.engine.detokenize(ids), finish_reason=res.finish_reason,
+                              prefix=self.answer_prefix(th)))
+        return out
+
+    async def question(self, prompt: Sequence[int], key: str, budgets: Sequence[int], method: str = "cut",
+                       log: ContextLog | None = None) -> dict[int, tuple[Thinking, Answer]]:
+        """One question's whole sweep: {budget: (thinking, answer)}.
+
+        method "cut": think once at the largest budget and cut (exact, see module doc).
+        method "independent": think from scratch for each budget (the official way)."""
+        budgets = sorted(set(budgets), reverse=True)
+        if method == "cut":
+            longest = await self.think_one(prompt, key, budgets[0], log)
+            thinkings = [longest.at_budget(b) for b in budgets]
+        elif method == "independent":
+            thinkings = list(await asyncio.gather(*(self.think_one(prompt, key, b, log) for b in budgets)))
+        else:
+            raise M1Error(f"unknown sweep method {method!r}: use 'cut' or 'independent'")
+        answers = await self.answers(prompt, thinkings, key, log)
+        return {b: (t, a) for b, t, a in zip(budgets, thinkings, answers)}
+
+    # -- batch calls, for code that has a list of prompts ----------------------------------
+    def think(self, prompts: Sequence[Sequence[int]], keys: Sequence[str], budget: int | None = None) -> list[Thinking]:
+        """Think on every prompt under `budget` (default: params.budget), forcing as configured."""
+        async def all_():
+            return list(await asyncio.gather(*(self.think_one(p, k, budget) for p, k in zip(prompts, keys))))
+        return run_sync(all_())
 
     def answer_prefix(self, thinking: Thinking) -> str:
         return self.fmt.answer_start if thinking.ended == "natural" else self.fmt.answer_forced
@@ -172,64 +245,44 @@ class BudgetController:
         # In the plain format a natural end means the model already answered.
         return not (self.fmt.think_end is None and thinking.ended == "natural")
 
-    def answer(self, prompts: Sequence[Sequence[int]], thinkings: Sequence[Thinking], keys: Sequence[str]) -> list[Answer]:
-        """Generate the answer after each thinking; identical contexts are generated once."""
-        p = self.params
-        out: list[Answer | None] = [None] * len(prompts)
-        unique: dict[tuple[int, ...], list[int]] = {}
-        for i, (prompt, th) in enumerate(zip(prompts, thinkings)):
-            if not self.needs_answer_phase(th):
-                out[i] = Answer(ids=[], text="", finish_reason="none", prefix="")
-                continue
-            ctx = tuple(self.think_prompt(prompt) + th.ids + self.engine.tokenize(self.answer_prefix(th)))
-            unique.setdefault(ctx, []).append(i)
-        contexts = list(unique)
-        requests = [
-            GenRequest(
-                prompt_ids=ctx,
-                max_new_tokens=p.answer_max_tokens,
-                stop_token_ids=self.answer_stop_ids,
-                stop_strings=self.answer_stop_strs,
-                temperature=p.temperature,
-                top_p=p.top_p,
-                # The answer seed depends on the question only: the same context gets
-                # the same answer whichever sweep method produced it.
-                seed=request_seed(p.seed, keys[unique[ctx][0]], "answer"),
-            )
-            for ctx in contexts
-        ]
-        for ctx, res in zip(contexts, self.engine.generate(requests)):
-            ids = res.token_ids[: res.stop_index]
-            for i in unique[ctx]:
-                out[i] = Answer(ids=ids, text=self.engine.detokenize(ids), finish_reason=res.finish_reason,
-                                prefix=self.answer_prefix(thinkings[i]))
-        return out  # type: ignore[return-value]
+    def answer(self, prompts: Sequence[Sequence[int]], thinkings: Sequence[Thinking],
+               keys: Sequence[str]) -> list[Answer]:
+        """Generate the answer after each thinking."""
+        firsts: dict[tuple, int] = {}  # identical contexts are generated once
+        for i, (p, t) in enumerate(zip(prompts, thinkings)):
+            firsts.setdefault((tuple(p), tuple(t.ids), self.answer_prefix(t)), i)
+        unique = sorted(set(firsts.values()))
+
+        async def all_():
+            return await asyncio.gather(*(self.answers(prompts[i], [thinkings[i]], keys[i]) for i in unique))
+        got = dict(zip(unique, (a for (a,) in run_sync(all_()))))
+        return [got[firsts[(tuple(p), tuple(t.ids), self.answer_prefix(t))]] for p, t in zip(prompts, thinkings)]
+
+
+class ContextLog:
+    """The context a question's requests must evaluate at the least: each prompt only past
+    what an earlier request of the same question already evaluated (its prompt and all but
+    its last generated token), as an engine that keeps every computed prefix would."""
+
+    def __init__(self):
+        self.contexts: list[list[int]] = []
+        self.minimum = 0
+
+    def add(self, req: GenRequest, res: GenResult) -> None:
+        prompt = list(req.prompt_ids)
+        seen = max((common_prefix(c, prompt) for c in self.contexts), default=0)
+        self.minimum += len(prompt) - seen
+        self.contexts.append(prompt + list(res.token_ids[:-1]))
 
 
 def sweep(controller: BudgetController, prompts, keys, budgets: Sequence[int], method: str = "cut"):
-    """Thinking and answers for every budget. Returns {budget: (thinkings, answers)}.
-
-    method "cut": think once at the largest budget and cut (exact, see module doc).
-    method "independent": rerun thinking from scratch for each budget (the official way).
-    """
-    budgets = sorted(set(budgets), reverse=True)
-    if method == "cut":
-        longest = controller.think(prompts, keys, budgets[0])
-        per_budget = {b: [t.at_budget(b) for t in longest] for b in budgets}
-    elif method == "independent":
-        per_budget = {b: controller.think(prompts, keys, b) for b in budgets}
-    else:
-        raise M1Error(f"unknown sweep method {method!r}: use 'cut' or 'independent'")
-    # One answer call for all budgets, largest first, so an engine that keeps the KV
-    # cache of a shared prefix finds the thinking already computed.
-    flat_prompts, flat_th, flat_keys = [], [], []
-    for b in budgets:
-        flat_prompts += list(prompts)
-        flat_th += per_budget[b]
-        flat_keys += list(keys)
-    answers = controller.answer(flat_prompts, flat_th, flat_keys)
-    n = len(prompts)
-    return {b: (per_budget[b], answers[k * n:(k + 1) * n]) for k, b in enumerate(budgets)}
+    """Thinking and answers for every budget, every question in its own pipeline.
+    Returns {budget: (thinkings, answers)} in the order of `prompts`."""
+    async def all_():
+        return await asyncio.gather(*(controller.question(p, k, budgets, method) for p, k in zip(prompts, keys)))
+    per_question = run_sync(all_())
+    return {b: ([q[b][0] for q in per_question], [q[b][1] for q in per_question])
+            for b in sorted(set(budgets), reverse=True)}
 
 
 def with_budget(params: ThinkingParams, budget: int) -> ThinkingParams:

@@ -22,6 +22,7 @@ DTYPES = ("auto", "bfloat16", "float16", "float32")
 ATTENTION = ("auto", "sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
 TRAINERS = ("trl", "hf")
 CONFIG_NAME = "train_config.yaml"
+REQUIRED: tuple[typing.Literal["model", "dataset", "output_dir"], ...] = ("model", "dataset", "output_dir")
 
 
 @dataclass(frozen=True)
@@ -110,12 +111,18 @@ class TrainConfig:
     # -- resolution -------------------------------------------------------------------------
     def check_complete(self) -> None:
         """The fields a run cannot do without (kept out of __post_init__ so overrides can fill them)."""
-        for name in ("model", "dataset", "output_dir"):
-            if not getattr(self, name):
-                raise M1Error(f"train config: {name} is not set; add `{name}: ...` to the YAML or pass {name}=...")
+        for name in REQUIRED:
+            self.require(name)
+
+    def require(self, name: typing.Literal["model", "dataset", "output_dir"]) -> str:
+        """One of the fields a run cannot do without, known to be set (else M1Error)."""
+        value = getattr(self, name)
+        if not value:
+            raise M1Error(f"train config: {name} is not set; add `{name}: ...` to the YAML or pass {name}=...")
+        return value
 
     def resolve(self, world_size: int = 1, cuda: bool | None = None, bf16_ok: bool | None = None,
-                flash_attn: bool | None = None) -> "TrainConfig":
+                flash_attn: bool | None = None) -> TrainConfig:
         """Every "auto" made concrete for this machine and world size (idempotent)."""
         self.check_complete()
         if cuda is None or bf16_ok is None or flash_attn is None:

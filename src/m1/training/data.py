@@ -287,11 +287,11 @@ class Collator:
         import torch
 
         if self.packed and self.flatten:
-            ids = [t for r in rows for t in r["input_ids"]]
-            labels = [t for r in rows for t in r["labels"]]
-            pos = position_ids([n for r in rows for n in r["seq_lengths"]])
-            return {"input_ids": torch.tensor([ids]), "labels": torch.tensor([labels]),
-                    "position_ids": torch.tensor([pos])}
+            flat_ids = [t for r in rows for t in r["input_ids"]]
+            flat_labels = [t for r in rows for t in r["labels"]]
+            flat_pos = position_ids([n for r in rows for n in r["seq_lengths"]])
+            return {"input_ids": torch.tensor([flat_ids]), "labels": torch.tensor([flat_labels]),
+                    "position_ids": torch.tensor([flat_pos])}
         width = max(len(r["input_ids"]) for r in rows)
         ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
         labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)

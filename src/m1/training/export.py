@@ -36,7 +36,7 @@ def source_gguf_of(model_dir: Path) -> Path | None:
     if not saved.is_file():
         return None
     cfg = load_config(saved)
-    folder, gguf_name = resolve_source(cfg.model, cfg.gguf_file)
+    folder, gguf_name = resolve_source(cfg.require("model"), cfg.gguf_file)
     return Path(folder) / gguf_name if gguf_name else None
 
 
@@ -91,7 +91,8 @@ def export_gguf(model_dir: str | Path, out: str | Path | None = None, dtype: str
     writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if dtype == "f16" else gguf.LlamaFileType.ALL_F32)
 
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH[arch.upper()], config.num_hidden_layers)
-    heads, kv_heads = config.num_attention_heads, getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    heads = config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
     tied = bool(getattr(config, "tie_word_embeddings", False))
     for name, tensor in model.state_dict().items():
         if (tied and name == "lm_head.weight") or "rotary_emb" in name:

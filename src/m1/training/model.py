@@ -22,7 +22,7 @@ def resolve_source(model: str, gguf_file: str | None = None) -> tuple[str, str |
 def load_tokenizer(cfg: TrainConfig):
     import transformers
 
-    source, gguf = resolve_source(cfg.model, cfg.gguf_file)
+    source, gguf = resolve_source(cfg.require("model"), cfg.gguf_file)
     kwargs = {"trust_remote_code": cfg.trust_remote_code, **({"gguf_file": gguf} if gguf else {})}
     try:
         tok = transformers.AutoTokenizer.from_pretrained(source, **kwargs)
@@ -40,7 +40,7 @@ def load_model(cfg: TrainConfig):
     import torch
     import transformers
 
-    source, gguf = resolve_source(cfg.model, cfg.gguf_file)
+    source, gguf = resolve_source(cfg.require("model"), cfg.gguf_file)
     kwargs = {"trust_remote_code": cfg.trust_remote_code, "dtype": getattr(torch, cfg.dtype),
               "attn_implementation": cfg.attn_implementation, **({"gguf_file": gguf} if gguf else {})}
     try:
@@ -82,7 +82,7 @@ def save_final(trainer, tokenizer, cfg: TrainConfig):
     """The trained model as a plain safetensors folder in output_dir (+ tokenizer), loadable by
     `m1 eval --engine hf --model OUTPUT_DIR`; a LoRA adapter is merged in unless
     merge_and_save=false. Returns this rank's model as saved (merged when merging here)."""
-    out = Path(cfg.output_dir)
+    out = Path(cfg.require("output_dir"))
     model = trainer.accelerator.unwrap_model(trainer.model)
     model.config.use_cache = True  # the saved model generates with a KV cache
     sharded = trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled

@@ -14,6 +14,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from m1.errors import M1Error
 from m1.training import data as D
@@ -32,11 +33,11 @@ class TrainResult:
     truncated: int  # examples cut at max_length
     padding_share: float  # pad tokens / all tokens in this run's batches (approx. with shuffling)
     seconds: float
-    model: object = field(default=None, repr=False, compare=False)  # the model as saved (this rank's copy)
+    model: Any = field(default=None, repr=False, compare=False)  # the model as saved (this rank's copy)
 
 
 def prepare_rows(cfg: TrainConfig, tokenizer) -> tuple[list[D.Row], list[D.Example]]:
-    records = D.load_records(cfg.dataset, cfg.dataset_split, cfg.limit)
+    records = D.load_records(cfg.require("dataset"), cfg.dataset_split, cfg.limit)
     examples = D.build_examples(records, tokenizer, cfg.max_length, cfg.instruction, cfg.system_prompt,
                                 source=str(cfg.dataset))
     rows = D.pack(examples, cfg.max_length) if cfg.packing else D.unpacked(examples)
@@ -63,7 +64,7 @@ def _train(cfg: TrainConfig) -> TrainResult:
     t0 = time.perf_counter()
     cfg = cfg.resolve(world_size())
     cfg = _absolute_paths(cfg)  # the saved config must not depend on where it was run from
-    out = Path(cfg.output_dir)
+    out = Path(cfg.require("output_dir"))
     resume_from = _checkpoint_to_resume(cfg, out)
     transformers.set_seed(cfg.seed)
 
@@ -73,10 +74,10 @@ def _train(cfg: TrainConfig) -> TrainResult:
     # one padding-free sequence per micro-batch only where attention is varlen (flash)
     flatten = cfg.packing and cfg.attn_implementation.startswith("flash")
     collator = D.Collator(tokenizer.pad_token_id, packed=cfg.packing, flatten=flatten)
-    facts = {"world_size": world_size(), "examples": len(examples), "rows": len(rows),
-             "truncated": sum(e.truncated for e in examples),
-             "padding_share": round(D.padding_share(rows, cfg.per_device_batch_size, flatten), 4),
-             "versions": _versions()}
+    truncated = sum(e.truncated for e in examples)
+    padding_share = round(D.padding_share(rows, cfg.per_device_batch_size, flatten), 4)
+    facts = {"world_size": world_size(), "examples": len(examples), "rows": len(rows), "truncated": truncated,
+             "padding_share": padding_share, "versions": _versions()}
     if int(os.environ.get("RANK", "0")) == 0:  # every rank resolves the same; one writes
         cfg.save(out / CONFIG_NAME, extra=facts)
 
@@ -84,6 +85,7 @@ def _train(cfg: TrainConfig) -> TrainResult:
     # zero.Init, so from_pretrained builds the model already partitioned across GPUs.
     args = _arguments(cfg, cuda=torch.cuda.is_available())
     model = load_model(cfg)
+    trainer: transformers.Trainer
     if cfg.trainer == "trl":
         from trl import SFTTrainer
 
@@ -103,8 +105,8 @@ def _train(cfg: TrainConfig) -> TrainResult:
 
         export_gguf(out, dtype=cfg.export_gguf)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    return TrainResult(out, cfg, losses, trainer.state.global_step, facts["examples"], facts["rows"],
-                       facts["truncated"], facts["padding_share"], time.perf_counter() - t0, saved)
+    return TrainResult(out, cfg, losses, trainer.state.global_step, len(examples), len(rows), truncated,
+                       padding_share, time.perf_counter() - t0, saved)
 
 
 def _arguments(cfg: TrainConfig, cuda: bool):
@@ -112,7 +114,7 @@ def _arguments(cfg: TrainConfig, cuda: bool):
     TRL changes some defaults (bf16 on, gradient checkpointing on, logging every 10)."""
     import transformers
 
-    common = dict(
+    common: dict[str, Any] = dict(
         output_dir=cfg.output_dir, per_device_train_batch_size=cfg.per_device_batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps, learning_rate=cfg.learning_rate,
         num_train_epochs=cfg.num_train_epochs, max_steps=cfg.max_steps, weight_decay=cfg.weight_decay,
@@ -151,9 +153,10 @@ def _save_strategy(save_steps: int | None) -> str:
 
 
 def _absolute_paths(cfg: TrainConfig) -> TrainConfig:
-    local = {k: str(Path(v).expanduser().resolve()) for k in ("model", "dataset")
-             if (v := getattr(cfg, k)) and Path(v).expanduser().exists()}
-    return dataclasses.replace(cfg, output_dir=str(Path(cfg.output_dir).expanduser().resolve()), **local)
+    local: dict[str, Any] = {k: str(Path(v).expanduser().resolve()) for k in ("model", "dataset")
+                             if (v := getattr(cfg, k)) and Path(v).expanduser().exists()}
+    out = Path(cfg.require("output_dir")).expanduser().resolve()
+    return dataclasses.replace(cfg, output_dir=str(out), **local)
 
 
 def _checkpoint_to_resume(cfg: TrainConfig, out: Path) -> str | None:
