@@ -189,7 +189,7 @@ def llama_server_rows(binary: str, n: int, budgets: list[int], answer_max: int, 
             sent.append(req)
             return await submit(req)
 
-        engine.submit = recording
+        vars(engine)["submit"] = recording  # an instance attribute shadows the method
         cfg = EvalConfig()
         prompts = [engine.encode_prompt(build_prompt(engine, it, cfg)) for it in items]
         ctl = BudgetController(engine, get_format("plain"),
