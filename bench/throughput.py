@@ -82,7 +82,7 @@ def engine_rates(engine, prompts) -> dict:
     """The engine's own ceiling: prompt evaluation tok/s, and decode tok/s at 1, 3 and 8 sequences."""
     from m1.engines.base import GenRequest
 
-    ps = [tuple(p) for p in prompts[:16]]
+    ps = [tuple(p) for p in (list(prompts) * 16)[:16]]  # a smoke job has fewer than 16 questions
     engine.clear_cache()
     t = time.perf_counter()
     engine.generate([GenRequest(p, 1) for p in ps[:8]])
