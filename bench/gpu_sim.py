@@ -23,7 +23,6 @@ ratios. Targets: (b) >= 90% utilisation, >= 10x less time than (a), >= 3x less t
 from __future__ import annotations
 
 import argparse
-import asyncio
 import hashlib
 import json
 import math
@@ -33,7 +32,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from m1.engines.base import run_sync
+from _baseline import chunked, pipelines  # noqa: I001 (bench/ is on sys.path when a bench runs)
 from m1.engines.llamacpp import embedded_model_path
 from m1.engines.openai_server import OpenAIEngine
 from m1.thinking import BudgetController, ThinkingParams, get_format
@@ -181,31 +180,6 @@ def questions(engine, n: int) -> list[list[int]]:
     return out
 
 
-def run_pipelines(ctl, prompts, budgets, in_flight, mark):
-    async def all_():
-        slots = asyncio.Semaphore(in_flight)
-
-        async def one(i, p):
-            async with slots:
-                if i == len(prompts) - 1:
-                    mark()
-                await ctl.question(p, str(i), budgets, "cut")
-
-        await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts)))
-
-    run_sync(all_())
-
-
-def run_chunked(ctl, prompts, budgets, mark):
-    for k in range(0, len(prompts), 8):
-        if k + 8 >= len(prompts):
-            mark()
-        ps, keys = prompts[k:k + 8], [str(i) for i in range(k, k + len(prompts[k:k + 8]))]
-        longest = ctl.think(ps, keys, max(budgets))
-        flat = [(p, key, th.at_budget(b)) for b in budgets for p, key, th in zip(ps, keys, longest)]
-        ctl.answer([f[0] for f in flat], [f[2] for f in flat], [f[1] for f in flat])
-
-
 def run_official(url, ctl, prompts, budgets, answer_max, mark, batch=1024):
     """One full run per budget; thinking in batches of `batch` prompts, then the forced answers."""
     import urllib.request
@@ -260,10 +234,11 @@ def main():
         prompts = questions(engine, a.questions)
         sim.reset()
         t = time.perf_counter()
+        keys = [str(i) for i in range(len(prompts))]
         if name == "chunked":
-            run_chunked(ctl, prompts, budgets, sim.mark)
+            chunked(ctl, prompts, keys, budgets, sim.mark)
         elif name == "pipelines":
-            run_pipelines(ctl, prompts, budgets, engine.capacity, sim.mark)
+            pipelines(ctl, prompts, keys, budgets, engine.capacity, sim.mark)
         else:
             run_official(url, ctl, prompts, budgets, answer_max, sim.mark)
         m_now, m_busy = sim.marked or (sim.now, sim.busy)

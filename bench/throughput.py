@@ -29,7 +29,6 @@ tokens/s. Each side gets a freshly started server (no warm prompt cache).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import platform
 import socket
@@ -38,31 +37,13 @@ import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
+from _baseline import chunked, pipelines  # noqa: I001 (bench/ is on sys.path when a bench runs)
 from m1.benchmarks import load_benchmark
 from m1.config import EvalConfig
-from m1.engines.base import common_prefix, load_between, run_sync
+from m1.engines.base import common_prefix, load_between
 from m1.engines.llamacpp import LlamaCppEngine, embedded_model_path
 from m1.evaluate import build_prompt
 from m1.thinking import BudgetController, ThinkingParams, get_format
-from m1.thinking.budget import ContextLog
-
-
-def chunked(ctl, prompts, keys, budgets, chunk=8):
-    """The removed scheduler: chunks of 8, a barrier after thinking and after answering."""
-    out = {}
-    for k in range(0, len(prompts), chunk):
-        ps, ks = prompts[k:k + chunk], keys[k:k + chunk]
-        longest = ctl.think(ps, ks, max(budgets))
-        flat_p, flat_t, flat_k, where = [], [], [], []
-        for b in sorted(budgets, reverse=True):
-            for p, key, th in zip(ps, ks, longest):
-                flat_p.append(p)
-                flat_t.append(th.at_budget(b))
-                flat_k.append(key)
-                where.append((key, b))
-        for w, a in zip(where, ctl.answer(flat_p, flat_t, flat_k)):
-            out[w] = a.ids
-    return out
 
 
 def measure(engine, fn):
@@ -106,35 +87,14 @@ def run_job(engine, name, n, budgets, answer_max):
     shared = min(common_prefix(prompts[0], p) for p in prompts)
 
     def run_chunked(marks):
-        out = {}
-        for k in range(0, len(prompts), 8):
-            if k + 8 >= len(prompts):
-                marks["last_start"] = engine.meter.reading()  # the last chunk starts
-            out.update(chunked(ctl, prompts[k:k + 8], keys[k:k + 8], budgets))
-        return out
+        return chunked(ctl, prompts, keys, budgets, lambda: marks.update(last_start=engine.meter.reading()))
 
     def run_pipes(marks):
-        async def all_():
-            slots = asyncio.Semaphore(engine.capacity)
-            mins = []
-
-            async def one(i, p, key):
-                async with slots:
-                    if i == len(prompts) - 1:
-                        marks["last_start"] = engine.meter.reading()
-                    log = ContextLog()
-                    res = await ctl.question(p, key, budgets, "cut", log)
-                    mins.append(log.minimum - min(shared, len(p)))
-                    return {(key, b): a.ids for b, (_, a) in res.items()}
-
-            got = await asyncio.gather(*(one(i, p, k) for i, (p, k) in enumerate(zip(prompts, keys))))
-            marks["minimum"] = sum(mins) + shared
-            out = {}
-            for d in got:
-                out.update(d)
-            return out
-
-        return run_sync(all_())
+        answers, minimum = pipelines(ctl, prompts, keys, budgets, engine.capacity,
+                                     lambda: marks.update(last_start=engine.meter.reading()))
+        # the chat header every prompt shares is evaluated once, not once per question
+        marks["minimum"] = minimum - (len(prompts) - 1) * shared
+        return answers
 
     rows: list = []
     ans_c, _, wall_c, load_c, remain_c = measure(engine, run_chunked)
@@ -195,20 +155,9 @@ def llama_server_rows(binary: str, n: int, budgets: list[int], answer_max: int, 
         ctl = BudgetController(engine, get_format("plain"),
                                ThinkingParams(budget=max(budgets), answer_max_tokens=answer_max))
         marks: dict = {}
-
-        async def all_():
-            sem = asyncio.Semaphore(engine.capacity)
-
-            async def one(i, p):
-                async with sem:
-                    if i == len(prompts) - 1:
-                        marks["last_start"] = engine.meter.reading()
-                    await ctl.question(p, str(i), budgets, "cut")
-
-            await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts)))
-
         start = engine.meter.reading()
-        run_sync(all_())
+        pipelines(ctl, prompts, [str(i) for i in range(len(prompts))], budgets, engine.capacity,
+                  lambda: marks.update(last_start=engine.meter.reading()))
         end = engine.meter.reading()
         ours = load_between(start, end, slots)
         remain = load_between(start, marks["last_start"], slots)

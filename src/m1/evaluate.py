@@ -1,7 +1,7 @@
 """items → prompts → engine → traces → grades → reports, with resume."""
 from __future__ import annotations
 
-import asyncio
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol
@@ -9,7 +9,7 @@ from typing import Callable, Protocol
 from m1.benchmarks.items import Item
 from m1.config import EvalConfig
 from m1.engines import Engine, make_engine
-from m1.engines.base import common_prefix, load_between, run_sync
+from m1.engines.base import bounded, common_prefix, load_between, run_sync
 from m1.errors import M1Error
 from m1.runs import RunDir, package_versions
 from m1.thinking.budget import BudgetController, ContextLog, ThinkingParams
@@ -132,32 +132,34 @@ class _Pipelines:
     async def _all(self, todo: list[Item], total: int) -> dict:
         meter = self.engine.meter
         start = meter.reading()
-        last_started = None
+        marks: dict = {}
         finished = total - len(todo)
-        slots = asyncio.Semaphore(max(1, int(self.engine.capacity)))
-        shared = _shared_prefix([self._prompt(it)[1] for it in todo[:8]])
+        # Prompts are built as questions start (a server may tokenize them); the first few
+        # are built here already, to find the prefix every prompt shares.
+        first = {it.id: self._prompt(it) for it in todo[:8]}
+        shared = _shared_prefix([ids for _, ids in first.values()])
         self.minimum = shared
 
-        async def one(k: int, item: Item) -> None:
-            nonlocal last_started, finished
-            async with slots:
-                if k == len(todo) - 1:
-                    last_started = meter.reading()  # from here on no question is left to start
-                text, ids = self._prompt(item)
-                log = ContextLog()
-                per_budget = await self.controller.question(ids, item.id, self.cfg.budgets, self.cfg.method, log)
-                self.minimum += log.minimum - min(shared, len(ids))
-                new = [make_record(item, b, text, ids, th, ans, self.engine, self.controller, self.grade)
-                       for b, (th, ans) in sorted(per_budget.items()) if (item.id, b) not in self.done]
-                self.run_dir.append(new)
+        async def one(item: Item) -> None:
+            nonlocal finished
+            text, ids = first.pop(item.id) if item.id in first else self._prompt(item)
+            log = ContextLog()
+            per_budget = await self.controller.question(ids, item.id, self.cfg.budgets, self.cfg.method, log)
+            self.minimum += log.minimum - min(shared, len(ids))
+            new = [make_record(item, b, text, ids, th, ans, self.engine, self.controller, self.grade)
+                   for b, (th, ans) in sorted(per_budget.items()) if (item.id, b) not in self.done]
+            self.run_dir.append(new)
             finished += 1
             if self.progress:
                 self.progress(finished, total, load_between(start, meter.reading(), meter.capacity))
 
-        await asyncio.gather(*(one(k, it) for k, it in enumerate(todo)))
+        def last_start() -> None:  # from here on no question is left to start
+            marks["last_start"] = meter.reading()
+
+        await bounded([functools.partial(one, it) for it in todo], self.engine.capacity, last_start)
         end = meter.reading()
         load = load_between(start, end, meter.capacity)
-        load["while_questions_remain"] = load_between(start, last_started or end, meter.capacity)
+        load["while_questions_remain"] = load_between(start, marks.get("last_start", end), meter.capacity)
         load["context_minimum"] = self.minimum
         if load["context_tokens"]:
             load["context_vs_minimum"] = round(load["context_tokens"] / max(self.minimum, 1), 4)

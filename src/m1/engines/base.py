@@ -16,7 +16,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Coroutine, Literal, Protocol, Sequence, TypeVar, runtime_checkable
+from typing import Any, Awaitable, Callable, Coroutine, Literal, Protocol, Sequence, TypeVar, runtime_checkable
 
 FinishReason = Literal["stop", "length"]
 
@@ -165,6 +165,21 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run(coro)
     with ThreadPoolExecutor(1) as pool:
         return pool.submit(asyncio.run, coro).result()
+
+
+async def bounded(jobs: Sequence[Callable[[], Awaitable[T]]], limit: int,
+                  on_last_start: Callable[[], None] | None = None) -> list[T]:
+    """Run `jobs` in order, at most `limit` at a time, each started the moment another ends;
+    `on_last_start` is called when the last one starts (no job is left waiting)."""
+    slots = asyncio.Semaphore(max(1, limit))
+
+    async def one(k: int, job: Callable[[], Awaitable[T]]) -> T:
+        async with slots:
+            if k == len(jobs) - 1 and on_last_start:
+                on_last_start()
+            return await job()
+
+    return list(await asyncio.gather(*(one(k, job) for k, job in enumerate(jobs))))
 
 
 async def submit_all(engine: Engine, requests: Sequence[GenRequest]) -> list[GenResult]:

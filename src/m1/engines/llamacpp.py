@@ -273,8 +273,8 @@ class LlamaCppEngine(SteppedEngine, GGUFTokenizer):
         while free and self._pending:
             best = None
             for q in self._pending:
-                here = max(free, key=lambda s: common_prefix(self._slot_tokens[s], q.prompt))
-                shared = common_prefix(self._slot_tokens[here], q.prompt)
+                shared, here = max((common_prefix(self._slot_tokens[s], q.prompt), -s) for s in free)
+                here = -here
                 elsewhere = max((common_prefix(self._slot_tokens[t], q.prompt) for t in self._active), default=0)
                 if elsewhere > shared + AFFINITY_MARGIN:
                     continue  # its context is in a busy slot: wait for it
