@@ -56,6 +56,13 @@ BENCHES = [
           [["scheduler", "requests in flight", "simulated hours", "server utilisation",
             "utilisation while questions remain", "time vs pipelines", "real s"]],
           ("llama_cpp", "openai")),
+    Bench("trajectory.py",
+          [["budget", "n", "accuracy", "ci_low", "ci_high"],
+           ["source", "n", "final_correct", "ever_correct", "settle_p25", "settle_median", "settle_p75", "settle_p90",
+            "late_flip_rate", "wrong_to_right_rate", "mean_flips", "natural_end_share"],
+           ["policy", "params", "n", "accuracy", "ci_low", "ci_high", "mean_tokens", "tokens_saved_vs_largest",
+            "mean_probes"]],
+          ("llama_cpp",)),
     # A new bench: one more row here (its tables' columns as its --smoke run prints them).
 ]
 

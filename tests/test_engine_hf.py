@@ -75,3 +75,20 @@ def test_missing_file_is_a_user_error():
     with pytest.raises(M1Error) as e:
         HFEngine("/nonexistent/model.gguf")
     assert "not found" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_option_logprobs_from_the_logits(engine):
+    """The probe (engines/probes.py) from the full logits of the answer position; generation unchanged."""
+    import math
+
+    question = "Which is a fruit?\nA. Car\nB. Apple\nC. Stone\nD. Chair"
+    p = prompt(engine, question) + tuple(engine.tokenize("Final Answer:"))
+    letters = ("A", "B", "C", "D")
+    asked, plain = engine.generate([GenRequest(p, 8, option_letters=letters), GenRequest(p, 8)])
+    assert asked.token_ids == plain.token_ids and plain.option_logprobs is None
+    assert asked.option_position is not None and asked.option_position < asked.stop_index
+    lp = asked.option_logprobs
+    assert set(lp) == set(letters) and all(math.isfinite(v) and v <= 0 for v in lp.values())
+    token = engine.detokenize([asked.token_ids[asked.option_position]])
+    if token.strip() in letters and token.lstrip(" ") == token.strip():  # a bare letter: greedy picked the argmax
+        assert max(lp, key=lp.get) == token.strip()

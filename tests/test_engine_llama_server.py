@@ -90,3 +90,34 @@ def test_m1_eval_through_llama_server_equals_in_process(llama_server, tmp_path):
     http, local = traces("http"), traces("local")
     assert len(http) == 6 and http == local
     assert all(t[3] <= t[1] for t in http)  # thinking within each budget, on the server's ids
+
+
+def test_option_logprobs_from_llama_server_match_the_in_process_logits(engine, reference):
+    """llama-server's top_logprobs (n_probs) at the answer position give the letters' log-probabilities
+    the in-process engine reads from its logits; letters outside its top-k would be absent."""
+    from m1.benchmarks import load_benchmark
+    from m1.config import EvalConfig
+    from m1.evaluate import build_prompt
+
+    probed = 0
+    for item in load_benchmark("medqa", limit=4, seed=1):
+        prompt = tuple(reference.encode_prompt(build_prompt(reference, item, EvalConfig()) + "Final Answer:"))
+        req = GenRequest(prompt, 8, stop_token_ids=reference.eos_token_ids, option_letters=tuple(item.options))
+        ours, ref = engine.generate([req])[0], reference.generate([req])[0]
+        assert ours.token_ids == ref.token_ids and ours.option_position == ref.option_position
+        if ref.option_logprobs is None:
+            assert ours.option_logprobs is None
+            continue
+        probed += 1
+        assert ours.option_logprobs and set(ours.option_logprobs) <= set(ref.option_logprobs)
+        # From the server's top-20 a letter's value is a lower bound: one of its spellings ("B"
+        # beside " B") can fall outside; the numbers themselves agree to ~1e-4 across the builds.
+        for letter, lp in ours.option_logprobs.items():
+            assert lp <= ref.option_logprobs[letter] + 1e-3
+        best = max(ref.option_logprobs, key=ref.option_logprobs.get)
+        assert max(ours.option_logprobs, key=ours.option_logprobs.get) == best
+        assert ours.option_logprobs[best] == pytest.approx(ref.option_logprobs[best], abs=1e-3)
+        generated = reference.detokenize([ref.token_ids[ref.option_position]]).strip()
+        if generated in ref.option_logprobs:
+            assert generated in ours.option_logprobs  # the sampled token's own logprob always comes back
+    assert probed >= 2, "after 'Final Answer:' the embedded model names a letter"

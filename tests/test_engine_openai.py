@@ -148,13 +148,13 @@ def test_sixteen_requests_in_flight_against_a_real_server(server, monkeypatch):
     assert all(len(r.token_ids) <= c for r, c in zip(together, caps))
 
 
-def _start_server(port: int):
+def _start_server(port: int, *extra: str):
     import subprocess
     import sys
     import time
 
     proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(GGUF), "--host", "127.0.0.1",
-                             "--port", str(port), "--n_ctx", "2048", "--flash_attn", "false"],
+                             "--port", str(port), "--n_ctx", "2048", "--flash_attn", "false", *extra],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 90
     while True:
@@ -208,3 +208,61 @@ def test_base_url_list_with_a_dead_server_is_refused_unless_asked(server):
     assert dead in msg and "skip_unreachable=true" in msg and "\n" not in msg
     eng = OpenAIEngine(base_url=f"{server},{dead}", model=str(GGUF), skip_unreachable=True)
     assert [s.base_url for s in eng._servers] == [server]
+
+
+
+def probe_request(engine, item):
+    from m1.config import EvalConfig
+    from m1.evaluate import build_prompt
+
+    prompt = tuple(engine.encode_prompt(build_prompt(engine, item, EvalConfig()) + "Final Answer:"))
+    return GenRequest(prompt, 8, stop_token_ids=engine.eos_token_ids, option_letters=tuple(item.options))
+
+
+def test_option_logprobs_from_llama_cpp_python_top_logprobs(engine):
+    """Its top_logprobs (by text, full distribution) give the letters' log-probabilities the
+    in-process engine reads from its logits: a lower bound where a spelling falls outside the
+    top-k, equal otherwise; position found on the retokenized ids."""
+    from m1.benchmarks import load_benchmark
+    from m1.engines.llamacpp import LlamaCppEngine
+
+    ref = LlamaCppEngine(str(GGUF), n_slots=1, ctx_per_slot=1024)
+    probed = 0
+    try:
+        for item in load_benchmark("medqa", limit=3, seed=1):
+            req = probe_request(ref, item)
+            ours, theirs = engine.generate([req])[0], ref.generate([req])[0]
+            assert ours.token_ids == theirs.token_ids and ours.option_position == theirs.option_position
+            if theirs.option_logprobs is None:
+                continue
+            probed += 1
+            got, want = ours.option_logprobs, theirs.option_logprobs
+            assert got and set(got) <= set(want)
+            assert all(v <= want[k] + 1e-3 for k, v in got.items())
+            best = max(want, key=lambda k: want[k])
+            assert max(got, key=lambda k: got[k]) == best and got[best] == pytest.approx(want[best], abs=1e-3)
+    finally:
+        ref.close()
+    assert probed >= 2
+
+
+def test_a_server_that_refuses_logprobs_is_asked_once(tmp_path):
+    """llama-cpp-python's server started with --logits_all false answers HTTP 500 to logprobs:
+    the request is resent without, the server never asked again, the tokens unchanged."""
+    from m1.benchmarks import load_benchmark
+
+    port = free_port()
+    proc = _start_server(port, "--logits_all", "false")
+    try:
+        eng = OpenAIEngine(base_url=f"http://127.0.0.1:{port}/v1")
+        assert eng._servers[0].logprobs
+        req = probe_request(eng, load_benchmark("medqa", limit=1, seed=1)[0])
+        first = eng.generate([req])[0]
+        assert not eng._servers[0].logprobs  # refused once: never asked again
+        again = eng.generate([req])[0]
+        plain = eng.generate([GenRequest(req.prompt_ids, req.max_new_tokens, req.stop_token_ids)])[0]
+        assert first.token_ids == again.token_ids == plain.token_ids
+        assert first.option_logprobs is None and again.option_logprobs is None
+    finally:
+        proc.kill()
+        proc.wait()

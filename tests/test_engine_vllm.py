@@ -1,5 +1,6 @@
 """vLLM engine: request mapping (pure) and the missing-extra error; no GPU needed."""
 import importlib.util
+import math
 from types import SimpleNamespace
 
 import pytest
@@ -176,3 +177,29 @@ def test_vllm_engine_takes_requests_while_others_run(fake_vllm):
         assert eng._llm.llm_engine.added_while_running > 0
     finally:
         eng.close()
+
+
+def test_option_letters_ask_vllm_for_logprobs_and_map_them():
+    assert "logprobs" not in build_sampling_kwargs(GenRequest((1,), 4))
+    req = GenRequest((0,), 10, stop_token_ids=(8,), option_letters=("A", "B"))
+    assert build_sampling_kwargs(req)["logprobs"] == 20
+    pieces = ["The", " answer", " is", " B", ".", "<eos>", "B", " A"]
+
+    def det(ids):
+        return "".join(pieces[i] for i in ids)
+
+    lp = SimpleNamespace
+    # vLLM: per generated token {token id: Logprob}, the top-k plus the sampled one
+    logprobs = [{0: lp(logprob=-0.1)}, {1: lp(logprob=-0.2)}, {2: lp(logprob=-0.3)},
+                {3: lp(logprob=-0.5), 6: lp(logprob=-1.5), 7: lp(logprob=-2.0), 4: lp(logprob=-3.0)},
+                {4: lp(logprob=-0.1)}, {5: lp(logprob=-0.1)}]
+    out = SimpleNamespace(token_ids=(0, 1, 2, 3, 4, 5), text=det([0, 1, 2, 3, 4, 5]), finish_reason="stop",
+                          stop_reason=5, logprobs=logprobs)
+    ids = {"A": (7,), "B": (6, 3)}
+    r = to_result(out, req, det, ids)
+    assert r.option_position == 3
+    both = math.log(math.exp(-0.5) + math.exp(-1.5))  # " B" and "B"
+    assert r.option_logprobs == {"A": pytest.approx(-2.0), "B": pytest.approx(both)}
+    # the letter only inside the stop (here the EOS-like last token): no probe
+    r = to_result(SimpleNamespace(**{**vars(out), "token_ids": (0, 3), "logprobs": logprobs[2:4]}), req, det, ids)
+    assert r.stop_index == 1 and r.option_logprobs is None

@@ -83,6 +83,44 @@ CASES = [
     ("vitamin a supplementation.", STROKE, "D", "option_text"),
     ("Vitamin A deficiency", TRAPS, "C", "option_text"),
     ("Tenecteplase is best here.", STROKE, None, "none"),  # no fuzzy matching
+    # --- words, quotes, LaTeX and non-ASCII separators between the answer phrase and the letter ---
+    ("So the answer is actually C.", STROKE, "C", "phrase"),
+    ("The answer, therefore, is for sure D", STROKE, "D", "phrase"),
+    ("The answer is \"B\".", STROKE, "B", "phrase"),
+    ("The final answer is $\\textbf{C}$", STROKE, "C", "phrase"),
+    ("Answer \u2014 A", STROKE, "A", "phrase"),
+    ("Answer\uff1a\uff08B\uff09", STROKE, "B", "phrase"),
+    ("\u3010Answer\u3011C", STROKE, "C", "phrase"),
+    ("Final answer \u2192 D", STROKE, "D", "phrase"),
+    ("The correct option is D)", STROKE, "D", "phrase"),
+    ("The answer is C (Aspirin and clopidogrel).", STROKE, "C", "phrase"),
+    ("Final Answer: __C__", STROKE, "C", "phrase"),
+    ("The answer is not C.", STROKE, None, "none"),
+    ("The answer is actually a matter of timing.", STROKE, None, "none"),
+    ("The answer is \"C or D\".", STROKE, None, "none"),
+    ("The final option, D, is a distractor.", STROKE, None, "none"),  # "final option": the last one listed
+    # --- a final sentence that states the choice ---
+    ("Bolus dosing is simpler.\nI choose B.", STROKE, "B", "statement"),
+    ("My choice: (A)", STROKE, "A", "statement"),
+    ("No bleed on CT, therefore I think it\u2019s A because it is licensed.", STROKE, "A", "statement"),
+    ("I'd go with C. Aspirin and clopidogrel.", STROKE, "C", "statement"),
+    ("Answer: B. Hmm, on reflection I choose C.", STROKE, "C", "statement"),  # the last word beats the phrase
+    ("I choose between C and D.", STROKE, None, "none"),
+    ("If the patient were older, I would choose A.", STROKE, None, "none"),
+    ("I think it's B. But the guideline says otherwise.", STROKE, None, "none"),  # not the final sentence
+    ("I think it's C, but actually D.", STROKE, None, "none"),
+    ("I choose C. It is safest.", STROKE, None, "none"),
+    ("I'd go with a cautious plan.", STROKE, None, "none"),
+    # --- a decorated line or the last line is the choice ---
+    ("- **B.** Tenecteplase\n\nSingle bolus.", STROKE, "B", "leading"),
+    ("> **B)** Tenecteplase", STROKE, "B", "leading"),
+    ("1. **B.** Tenecteplase", STROKE, "B", "leading"),
+    ("1. B\n2. D", STROKE, None, "none"),  # a ranking, not a choice
+    ("Single bolus, fibrin-specific.\n\nB", STROKE, "B", "last_line"),
+    ("Single bolus, fibrin-specific.\n\n**(B) Tenecteplase**", STROKE, "B", "last_line"),
+    ("Recap:\nA. Alteplase\nB. Tenecteplase", STROKE, None, "none"),
+    ("Ruled out:\nA", STROKE, None, "none"),
+    ("Single bolus.\n\nE", STROKE, None, "none"),
 ]
 
 

@@ -31,7 +31,7 @@ def _param(case: dict, mode: str):
 
 
 def test_corpus_size_and_shape():
-    assert len(CORPUS) >= 60
+    assert len(CORPUS) >= 170
     for case in CORPUS:
         assert {"text", "options", "gold", "strict", "m1", "why"} <= set(case)
         assert case["gold"] in case["options"]

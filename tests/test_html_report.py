@@ -1,5 +1,6 @@
 """report.html in a real headless Chromium: loads clean, filters, search, trace view,
-cross-budget comparison, 10,000 traces stay fast, and model output never becomes markup.
+cross-budget comparison, 10,000 traces stay fast, and model output never becomes markup; the
+analyses' sections (contents, text, folded tables, figures) and their links into the viewer.
 
 Chromium is driven over the DevTools protocol on a pipe (--remote-debugging-pipe: fd 3
 in, fd 4 out, NUL-terminated JSON), so no websocket library is needed.
@@ -210,19 +211,8 @@ document.addEventListener("securitypolicyviolation", (e) => window.__m1_csp.push
 """
 
 
-@pytest.fixture(scope="module")
-def page(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("html_report")
-    # Two runs, 10,000 traces: alpha 2 benchmarks x 800 questions x 5 budgets, beta 400 x 5.
-    alpha = make_records(800, ["medqa", "pubmedqa"], seed=1, inject=True)
-    beta = make_records(400, ["medqa"], seed=2)
-    write_run(tmp / "runs" / "alpha", alpha)
-    write_run(tmp / "runs" / "beta", beta, forcing_rounds=2)
-    out = tmp / "report"
-    args = type("Args", (), {"runs": [str(tmp / "runs" / "alpha"), str(tmp / "runs" / "beta")], "out": str(out)})
-    assert cli_report.main(args) == 0
-    html_file = out / "report.html"
-
+def open_report(tmp: Path, html_file: Path) -> Browser:
+    """A headless Chromium with html_file loaded, alerts and CSP violations recorded (WATCH)."""
     b = Browser(tmp / "profile", tmp / "chromium.log")
     try:
         target = b.send("Target.createTarget", {"url": "about:blank"})["targetId"]
@@ -234,7 +224,29 @@ def page(tmp_path_factory):
         b.send("Page.addScriptToEvaluateOnNewDocument", {"source": WATCH})
         b.send("Page.navigate", {"url": html_file.as_uri()})
         b.wait_event("Page.loadEventFired")
-        b.tmp, b.html_file, b.records, b.runs = tmp, html_file, alpha + beta, {"alpha": alpha, "beta": beta}
+    except BaseException:
+        b.close()
+        raise
+    b.tmp, b.html_file = tmp, html_file
+    return b
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("html_report")
+    # Two runs, 10,000 traces: alpha 2 benchmarks x 800 questions x 5 budgets, beta 400 x 5.
+    # They differ only in forcing_rounds, so the report has a forcing section with links.
+    alpha = make_records(800, ["medqa", "pubmedqa"], seed=1, inject=True)
+    beta = make_records(400, ["medqa"], seed=2)
+    write_run(tmp / "runs" / "alpha", alpha)
+    write_run(tmp / "runs" / "beta", beta, forcing_rounds=2)
+    out = tmp / "report"
+    args = type("Args", (), {"runs": [str(tmp / "runs" / "alpha"), str(tmp / "runs" / "beta")], "out": str(out),
+                             "grader": None})
+    assert cli_report.main(args) == 0
+    b = open_report(tmp, out / "report.html")
+    b.records, b.runs = alpha + beta, {"alpha": alpha, "beta": beta}
+    try:
         yield b
     finally:
         b.close()
@@ -267,7 +279,18 @@ def page_errors(b):
 def test_page_loads_clean(page):
     assert page.js("document.getElementById('count').dataset.n") == "10000"
     assert page.js("document.querySelectorAll('#metrics tbody tr').length") == 3 * len(BUDGETS)
-    assert page.wait_js("Array.from(document.images).filter((i) => i.complete && i.naturalWidth > 0).length") == 3
+    # Every image decodes: the three plots, then the sections' figures.
+    n_images = page.js("document.images.length")
+    assert page.wait_js("Array.from(document.images).filter((i) => i.complete && i.naturalWidth > 0).length") \
+        == n_images
+    assert page.js("document.querySelectorAll('#s-plots img').length") == 3
+    # The analyses that apply to these runs, each a section, each in the contents.
+    keys = page.js("Array.from(document.querySelectorAll('section.section')).map((s) => s.dataset.key)")
+    assert {"scaling", "forcing"} <= set(keys)
+    assert n_images == 3 + page.js("document.querySelectorAll('section.section img').length") > 3
+    toc = page.js("Array.from(document.querySelectorAll('#toc a')).map((a) => a.textContent)")
+    titles = page.js("Array.from(document.querySelectorAll('section.section h2')).map((h) => h.textContent)")
+    assert toc == ["Runs", "Accuracy by benchmark and budget", "Plots", *titles]
     assert page.js("document.title").startswith("m1 report")
     assert page.js("window.__m1_csp") == []
     assert page_errors(page) == []
@@ -344,6 +367,38 @@ def test_compare_shows_question_at_each_budget(page):
     assert shown == want  # lower budgets are stored as prefixes of the longest and sliced back exactly
 
 
+def test_forcing_links_open_the_question_forcing_turned_wrong(page):
+    """The forcing section links each question right without forcing and wrong with it; a click
+    opens that trace in the viewer: its run and benchmark in the list, the row in view, selected."""
+    page.click("#tab-summary")
+    links = page.js("JSON.parse(document.getElementById('m1-data').textContent)"
+                    ".sections.find((s) => s.key === 'forcing').links")
+    assert len(links) > 20 and all(link["run"] == "beta" and link["trace"] is not None for link in links)
+    sel = "section[data-key=forcing] ul.links"
+    assert page.js(f"document.querySelectorAll('{sel} li').length") == 20  # the rest behind "show all"
+    link = links[2]
+    assert page.js(f"document.querySelectorAll('{sel} li')[2].textContent") == \
+        f"beta · {link['source']} · {link['id']} · budget {link['budget']} — {link['why']}"
+    page.click(f"{sel} li:nth-child(3) button.tlink")
+    page.wait_js("!document.getElementById('traces').classList.contains('hidden')")
+    assert page.js("document.getElementById('summary').classList.contains('hidden')")
+    assert page.js("document.getElementById('d-title').textContent") == f"{link['id']} · budget {link['budget']}"
+    assert page.js("document.getElementById('d-where').textContent") == f"{link['source']} · beta"
+    key = (link["source"], link["id"], link["budget"])
+    forced = next(r for r in page.runs["beta"] if (r["source"], r["id"], r["budget"]) == key)
+    base = next(r for r in page.runs["alpha"] if (r["source"], r["id"], r["budget"]) == key)
+    assert base["correct"] and not forced["correct"]
+    assert page.js("document.getElementById('d-thinking').textContent") == forced["thinking"]
+    # The list shows beta's medqa traces, scrolled so that the selected row is in view.
+    assert [page.js(f"document.getElementById('{f}').value") for f in ("f-run", "f-source", "f-budget")] == \
+        ["1", "medqa", ""]
+    assert page.js("document.getElementById('count').dataset.n") == "2000"
+    page.wait_js(f"(() => {{ const r = document.querySelector('#list .row.sel'); if (!r) return false;"
+                 f" const a = r.getBoundingClientRect(), l = document.getElementById('list').getBoundingClientRect();"
+                 f" return Number(r.dataset.idx) === {link['trace']} && a.top >= l.top && a.bottom <= l.bottom; }})()")
+    assert page_errors(page) == []
+
+
 def test_injected_markup_shows_as_text(page):
     reset(page)
     set_filter(page, "f-search", "medqa-0007: alert(2)")
@@ -382,3 +437,178 @@ def test_screenshot(page):
     page.screenshot(page.tmp / "summary.png")
     shutil.copy(page.tmp / "summary.png", SCREENSHOT.with_name("m1_report_screenshot_summary.png"))
     assert page_errors(page) == []
+
+
+# ---------------------------------------------------------------- the analyses' sections
+
+PROBE_TITLE = "Probe " + SCRIPT_IN_THINKING + " & co"
+PARAGRAPHS = ["First paragraph, with " + SCRIPT_IN_THINKING + ".",
+              "Second, on two lines:\nline two " + IMG_IN_ANSWER,
+              "Third " + BREAKOUT_IN_PROMPT]
+CAPTION = "A dense sweep " + HANDLER_IN_OPTION
+DENSE = 64  # budgets in the dense table: folded after 20 rows
+N_LINKS = 25
+
+
+def probe(runs):
+    """An analysis built for the test: markup in every string, a long table, a figure, links."""
+    from matplotlib.figure import Figure
+
+    from m1.reporting.sections import Section, Table, TraceLink
+
+    names = [r.name for r in runs]
+    assert names == ["a/x", "b/x"]  # two folders named x: the report tells them apart
+    dense = [{"budget": 32 * (i + 1), "accuracy": i / (DENSE - 1), "n": 100 + i, "note": ""} for i in range(DENSE)]
+    dense[0]["note"] = IMG_IN_ANSWER
+    dense[1]["accuracy"] = None
+    dense[2]["accuracy"] = float("nan")
+    small = [{"run": name, "delta": 0.25 * k - 0.1, "p": 1e-5} for k, name in enumerate(names)]
+    fig = Figure(figsize=(4, 3))
+    fig.subplots().plot([32 * (i + 1) for i in range(DENSE)], [i / DENSE for i in range(DENSE)])
+    links = [TraceLink("b/x", "medqa", "medqa-0003", 256, "the second x " + IMG_IN_ANSWER),
+             TraceLink("a/x", "medqa", "medqa-0003", 256, "the first x"),
+             TraceLink("a/x", "medqa", "no-such-question", 64, "not in the runs")]
+    links += [TraceLink("a/x", "medqa", f"medqa-{i:04d}", 64, f"filler {i}") for i in range(N_LINKS - len(links))]
+    return Section("probe", PROBE_TITLE, "\n\n".join(PARAGRAPHS[:2]) + "\n \n\n" + PARAGRAPHS[2],
+                   [Table("probe_dense", ["budget", "accuracy", "n", "note"], dense, CAPTION),
+                    Table("probe_small", ["run", "delta", "p"], small)],
+                   {"probe_fig": fig}, links)
+
+
+def second(runs):
+    from m1.reporting.sections import Section
+
+    return Section("second", "Second section", "Only text.")
+
+
+@pytest.fixture(scope="module")
+def sections_page(tmp_path_factory):
+    from m1.reporting.report import report
+    from m1.runs import Run
+
+    tmp = tmp_path_factory.mktemp("html_sections")
+    runs = {}
+    for parent, seed in (("a", 3), ("b", 4)):
+        runs[f"{parent}/x"] = make_records(30, ["medqa"], seed=seed, inject=True)
+        write_run(tmp / "runs" / parent / "x", runs[f"{parent}/x"])
+    out = tmp / "report"
+    rep = report([Run.load(tmp / "runs" / p / "x") for p in "ab"], out, analyses=[probe, lambda runs: None, second])
+    assert [s.key for s in rep.sections] == ["probe", "second"]
+    b = open_report(tmp, out / "report.html")
+    b.runs = runs
+    try:
+        yield b
+    finally:
+        b.close()
+
+
+def texts(b, selector):
+    return b.js(f"Array.from(document.querySelectorAll({json.dumps(selector)})).map((e) => e.textContent)")
+
+
+def test_sections_load_clean_with_contents(sections_page):
+    b = sections_page
+    assert texts(b, "#toc a") == ["Runs", "Accuracy by benchmark and budget", "Plots", PROBE_TITLE, "Second section"]
+    assert texts(b, "section.section h2") == [PROBE_TITLE, "Second section"]
+    assert texts(b, "section[data-key=second] p") == ["Only text."]
+    assert b.wait_js("(() => { const i = document.querySelector('section[data-key=probe] .plots img');"
+                     " return i.complete && i.naturalWidth > 0; })()")
+    assert texts(b, "section[data-key=probe] figcaption") == ["probe_fig"]
+    # The contents link scrolls to its section.
+    b.click("#toc a.sec:nth-of-type(5)")
+    b.wait_js("Math.abs(document.querySelector('section[data-key=second]').getBoundingClientRect().top) < 2"
+              " || window.scrollY + window.innerHeight >= document.documentElement.scrollHeight - 1")
+    assert b.js("window.scrollY") > 0
+    assert b.js("window.__m1_csp") == [] and b.js("window.__m1_alerts") == []
+    assert page_errors(b) == []
+
+
+def test_section_markup_shows_as_text(sections_page):
+    b = sections_page
+    assert texts(b, "section[data-key=probe] > p") == PARAGRAPHS
+    assert texts(b, "section[data-key=probe] .caption") == [CAPTION]
+    assert IMG_IN_ANSWER in texts(b, "[data-name=probe_dense] tbody tr:first-child td")
+    assert texts(b, "section[data-key=probe] ul.links li .why")[0] == " — the second x " + IMG_IN_ANSWER
+    assert b.js("document.querySelectorAll('img[src=x], [onerror], [onmouseover], b, section script').length") == 0
+    assert b.js("document.scripts.length") == 2
+    assert b.js("window.__m1_alerts") == [] and b.js("window.__m1_csp") == []
+    raw = b.html_file.read_text()
+    for payload in (SCRIPT_IN_THINKING, IMG_IN_ANSWER, BREAKOUT_IN_PROMPT, "\u2028"):
+        assert payload not in raw
+
+
+def test_section_table_formats_and_folds(sections_page):
+    b = sections_page
+    dense = "[data-name=probe_dense]"
+    assert texts(b, f"{dense} th") == ["budget", "accuracy", "n", "note"]
+    rows = b.js(f"Array.from(document.querySelectorAll('{dense} tbody tr'))"
+                ".map((tr) => Array.from(tr.cells).map((c) => c.textContent))")
+    assert len(rows) == 20
+    assert rows[0][:3] == ["32", "0.000", "100"]  # ints as they are, floats to 3 decimals (0.0 too)
+    assert rows[1][1] == "–" and rows[2][1] == "–"  # None and NaN
+    assert rows[3][1] == f"{3 / 63:.3f}"
+    assert texts(b, "[data-name=probe_small] tbody tr:first-child td") == ["a/x", "-0.100", "1.0e-5"]
+    button = f"{dense} button.more"
+    assert b.js(f"document.querySelector('{button}').textContent") == f"show all {DENSE} rows"
+    b.click(button)
+    b.wait_js(f"document.querySelectorAll('{dense} tbody tr').length === {DENSE}")
+    last = b.js(f"Array.from(document.querySelector('{dense} tbody tr:last-child').cells).map((c) => c.textContent)")
+    assert last == [str(32 * DENSE), "1.000", str(100 + DENSE - 1), ""]  # 1.0 is still a float
+    assert b.js(f"document.querySelector('{button}').textContent") == "show the first 20 rows"
+    b.click(button)
+    b.wait_js(f"document.querySelectorAll('{dense} tbody tr').length === 20")
+    # The links fold the same way.
+    links = "section[data-key=probe] ul.links"
+    assert b.js(f"document.querySelectorAll('{links} li').length") == 20
+    b.click("section[data-key=probe] > button.more")
+    b.wait_js(f"document.querySelectorAll('{links} li').length === {N_LINKS}")
+    assert page_errors(b) == []
+
+
+def test_section_link_opens_the_trace_in_its_run(sections_page):
+    b = sections_page
+    b.click("#tab-summary")
+    items = texts(b, "section[data-key=probe] ul.links li")
+    assert items[2] == "a/x · medqa · no-such-question · budget 64 (not in this report) — not in the runs"
+    assert b.js("document.querySelectorAll('section[data-key=probe] ul.links li')[2]"
+                ".querySelector('button')") is None
+    for n, run in ((1, "b/x"), (2, "a/x")):  # the same question and budget in both runs (0: a/x, 1: b/x)
+        b.click("#tab-summary")
+        b.click(f"section[data-key=probe] ul.links li:nth-child({n}) button.tlink")
+        b.wait_js("!document.getElementById('traces').classList.contains('hidden')")
+        assert b.js("document.getElementById('d-title').textContent") == "medqa-0003 · budget 256"
+        assert b.js("document.getElementById('d-where').textContent") == f"medqa · {run}"
+        rec = next(r for r in b.runs[run] if r["id"] == "medqa-0003" and r["budget"] == 256)
+        assert b.js("document.getElementById('d-thinking').textContent") == rec["thinking"]
+        assert b.js("document.getElementById('f-run').value") == str(["a/x", "b/x"].index(run))
+        assert b.js("document.querySelector('#list .row.sel .id').textContent") == "medqa-0003"
+        assert b.js("document.getElementById('d-from').firstChild.textContent").startswith(f"From “{PROBE_TITLE}”: ")
+    # Back to the section, scrolled to the link that was followed.
+    b.click("#btn-from")
+    b.wait_js("!document.getElementById('summary').classList.contains('hidden')")
+    assert b.js("document.activeElement.textContent") == "a/x · medqa · medqa-0003 · budget 256"
+    assert b.js("(() => { const r = document.activeElement.getBoundingClientRect();"
+                " return r.top >= 0 && r.bottom <= window.innerHeight; })()")
+    assert page_errors(b) == []
+
+
+def test_trace_fields_come_from_the_payload(sections_page):
+    """The detail view shows the stats build_data lists, in its order and with its labels:
+    nothing about Trace's fields is written in the page's script."""
+    b = sections_page
+    b.click("#tab-traces")
+    b.click("#list .row")
+    b.wait_js("!!document.getElementById('d-thinking')")
+    stats = b.js("JSON.parse(document.getElementById('m1-data').textContent).detail.stats")
+    shown = texts(b, "#detail .stats > span")
+    assert [s.split(" ")[0] for s in shown] == [s["label"].split(" ")[0] for s in stats]
+    assert all(text.startswith(s["label"] + " ") for text, s in zip(shown, stats))
+    assert "grader strict" in shown  # a field the old hard-coded list left to "Other fields"
+    assert {"hit budget yes", "hit budget no"} & set(shown)  # a bool field reads yes/no
+    assert texts(b, "#detail .sect") == ["Options", "Prompt", "Thinking", "Answer", "Graded text"]
+    assert b.js("document.querySelector('#detail pre:not([id])')") is None  # no "Other fields"
+    # The probe section, saved for a person to look at.
+    b.click("#tab-summary")
+    b.js("document.querySelector('section[data-key=probe]').scrollIntoView()")
+    b.screenshot(b.tmp / "sections.png")
+    shutil.copy(b.tmp / "sections.png", SCREENSHOT.with_name("m1_report_screenshot_sections.png"))

@@ -3,6 +3,7 @@ import math
 import pytest
 
 from m1.reporting.metrics import summarize, wilson_interval
+from m1.runs import Trace
 
 
 @pytest.mark.parametrize(
@@ -31,7 +32,8 @@ def test_wilson_edges():
 
 
 def record(correct, outcome, thinking, answer, hit):
-    return dict(correct=correct, outcome=outcome, thinking_tokens=thinking, answer_tokens=answer, hit_budget=hit)
+    return Trace(id="q", source="s", budget=512, correct=correct, outcome=outcome, thinking_tokens=thinking,
+                 answer_tokens=answer, hit_budget=hit)
 
 
 def test_summarize():

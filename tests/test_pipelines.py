@@ -49,7 +49,7 @@ def test_slots_stay_full_while_questions_remain_and_records_land_as_questions_fi
         result = evaluate(cfg, out=tmp_path / "run", engine=four_slots, progress=progress)
     finally:
         log.undo()
-    assert len(result.records) == 28
+    assert len(result.traces) == 28
     # Each progress report comes after that question's two records were appended.
     for done, n, _ in seen[1:]:
         assert n == 2 * done
@@ -74,7 +74,7 @@ def test_pipelines_give_the_same_records_in_any_order(tmp_path, four_slots):
         narrow = evaluate(cfg, out=tmp_path / "narrow", engine=one)
     finally:
         one.close()
-    key = lambda r: (r["id"], r["budget"])  # noqa: E731
+    key = lambda t: (t.id, t.budget)  # noqa: E731
     fields = ("thinking", "forced_at", "answer", "thinking_ended")
-    assert [[r[f] for f in fields] for r in sorted(wide.records, key=key)] == \
-           [[r[f] for f in fields] for r in sorted(narrow.records, key=key)]
+    assert [[getattr(t, f) for f in fields] for t in sorted(wide.traces, key=key)] == \
+           [[getattr(t, f) for f in fields] for t in sorted(narrow.traces, key=key)]

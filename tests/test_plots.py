@@ -1,15 +1,18 @@
-"""Plots and `m1 report` outputs for a small synthetic run: valid PNGs, tables, clear errors."""
+"""Plots and `m1 report` outputs for a small synthetic run: Figures, valid PNGs, tables, clear errors."""
 import argparse
 import json
+import math
 import random
 from pathlib import Path
-from types import SimpleNamespace
 
+import numpy as np
 import pytest
+from matplotlib.figure import Figure
 
+import m1
 from m1.errors import M1Error
 from m1.reporting import cli_report, plots
-from m1.reporting.report import compute_metrics, write_reports
+from m1.runs import Run, Trace
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 BUDGETS = [32, 64, 128]
@@ -43,23 +46,54 @@ def is_png(path: Path) -> bool:
     return data[:8] == PNG_MAGIC and len(data) > 1000
 
 
-def test_plots_are_valid_pngs_with_runs_overlaid(tmp_path):
-    a, b = records(1, ("medqa", "pubmedqa")), records(2)
-    runs = [("a", a, compute_metrics(a)), ("b", b, compute_metrics(b))]
-    paths = plots.write_plots(runs, tmp_path, title="two runs")
-    assert set(paths) == set(plots.FILES)
-    for key, path in paths.items():
-        assert path.name == plots.FILES[key] and is_png(path), key
-    assert not list(tmp_path.glob("*.tmp.png"))
-    assert plots.figures([("empty", [], [])]) == {}
+def in_memory(name, recs, **cfg):
+    return Run(Path(name), {"model": None, "format": "m1", "engine": "llamacpp", **cfg},
+               [Trace.from_json(r) for r in recs], name=name)
 
 
-def test_write_reports_still_writes_the_eval_plot(tmp_path):
-    recs = records(3)
-    cfg = SimpleNamespace(model=None, format="plain", engine="llamacpp")
-    metrics = write_reports(tmp_path, recs, cfg)
-    assert [r["budget"] for r in metrics["rows"]] == BUDGETS
-    assert is_png(tmp_path / "accuracy_vs_budget.png")
+def test_plots_are_figures_with_runs_overlaid_and_a_chance_line():
+    a, b = in_memory("a", records(1, ("medqa", "pubmedqa"))), in_memory("b", records(2))
+    figs = plots.figures([a, b])
+    assert set(figs) == set(plots.FILES) and all(isinstance(f, Figure) for f in figs.values())
+    medqa, pubmedqa = figs["accuracy"].axes[:2]
+    labels = [str(line.get_label()) for line in medqa.get_lines()]
+    assert labels[:2] == ["a", "b"] and labels[2].startswith("chance")
+    # One option per question here: chance is 1.
+    assert np.asarray(medqa.get_lines()[2].get_ydata())[0] == pytest.approx(1.0)
+    assert [line.get_label() for line in pubmedqa.get_lines()][0] == "a"  # b has no pubmedqa
+    assert is_png_bytes(plots.png_bytes(figs["accuracy"]))
+    assert plots.figures([in_memory("empty", [])]) == {}
+
+
+def test_chance_level_is_the_mean_of_one_over_the_options():
+    traces = [Trace("1", "s", 8, options={"A": "", "B": "", "C": "", "D": ""}),
+              Trace("2", "s", 8, options={"A": "", "B": ""})]
+    assert plots.chance(traces) == pytest.approx((0.25 + 0.5) / 2)
+    assert math.isnan(plots.chance([Trace("3", "s", 8)]))
+
+
+def test_dense_sweeps_keep_plots_readable():
+    rnd = random.Random(0)
+    recs = [{"id": f"q{i}", "source": "medqa", "budget": b, "options": {"A": "", "B": ""}, "correct": rnd.random() < .5,
+             "outcome": "wrong", "thinking_tokens": b} for i in range(5) for b in range(32, 2049, 32)]
+    figs = plots.figures([in_memory("dense", recs)])
+    assert len(figs["thinking_hist"].axes) == 9  # at most 9 of the 64 budgets get a panel
+    ticks = figs["accuracy"].axes[0].get_xticks()
+    assert list(ticks) == [32, 64, 128, 256, 512, 1024, 2048]
+
+
+def is_png_bytes(data: bytes) -> bool:
+    return data[:8] == PNG_MAGIC and len(data) > 1000
+
+
+def test_notebook_api_loads_a_run_and_reports_it(tmp_path):
+    folder = make_run(tmp_path / "run", records(3))
+    run = m1.Run.load(folder)
+    assert run.budgets == BUDGETS and isinstance(run.traces[0], m1.Trace)
+    rep = m1.report([run], tmp_path / "out")
+    assert is_png(tmp_path / "out" / "accuracy_vs_budget.png") and (tmp_path / "out" / "report.html").exists()
+    assert [r["budget"] for r in rep.rows] == BUDGETS
+    assert not (folder / "metrics.json").exists()  # a report elsewhere never writes into the run
 
 
 def parse(argv):
@@ -104,3 +138,12 @@ def test_report_command_rejects_folders_that_are_not_runs(tmp_path):
     (run / "config.json").write_text("{}")
     with pytest.raises(M1Error, match="damaged"):
         cli_report.main(parse(["report", str(run)]))
+
+
+def test_the_judge_needs_a_url_and_a_model(tmp_path):
+    run = make_run(tmp_path / "run", records(7))
+    with pytest.raises(M1Error, match="both --judge-url and --judge-model"):
+        cli_report.main(parse(["report", str(run), "--judge-url", "http://127.0.0.1:9/v1"]))
+    with pytest.raises(M1Error, match="--judge-limit must be at least 1"):
+        cli_report.main(parse(["report", str(run), "--judge-url", "http://127.0.0.1:9/v1", "--judge-model", "m",
+                               "--judge-limit", "0"]))

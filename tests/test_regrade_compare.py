@@ -1,4 +1,5 @@
 import argparse
+import csv
 import json
 
 import pytest
@@ -7,6 +8,7 @@ from m1 import compare, regrade
 from m1.benchmarks.items import Item
 from m1.errors import M1Error
 from m1.grading import strict
+from m1.runs import Run
 
 OPTS = {"A": "Hepatitis B infection", "B": "C. difficile colitis", "C": "Vitamin A deficiency",
         "D": "Ulcerative colitis"}
@@ -40,39 +42,40 @@ def test_regrade_with_m1_grader(tmp_path):
         record("q4", "pubmedqa", 256, "Final Answer: Hepatitis B infection", gold="B"),  # strict A; m1 B (correct!)
     ]
     run = write_run(tmp_path / "run", records)
-    new = regrade.regrade(run, "m1")
-    assert [r["letter"] for r in new] == ["C", "A", "C", "B"]
-    assert [r["correct"] for r in new] == [True, False, True, True]
-    assert all(r["grader"] == "m1" for r in new) and new[1]["outcome"] == "wrong"
-    metrics = json.loads((run / "metrics_m1.json").read_text())
-    assert metrics["grader"] == "m1" and metrics["n_records"] == 4
-    assert metrics["letters_changed"] == 2 and metrics["correct_changed"] == 1
-    rows = {r["source"]: r for r in metrics["rows"]}
-    assert rows["medqa"]["accuracy"] == pytest.approx(2 / 3) and rows["pubmedqa"]["accuracy"] == 1.0
-    assert rows["medqa"]["unparsed_rate"] == 0.0
-    assert "| medqa | 256 | 3 |" in (run / "table_m1.md").read_text()
+    new, changed = regrade.regrade(run, "m1")
+    traces = sorted(new.traces, key=lambda t: t.id)
+    assert [t.letter for t in traces] == ["C", "A", "C", "B"]
+    assert [t.correct for t in traces] == [True, False, True, True]
+    assert all(t.grader == "m1" for t in traces) and traces[1].outcome == "wrong"
+    assert changed == {"grader": "m1", "n_records": 4, "letters_changed": 2, "correct_changed": 1}
+    out = run / "regraded-m1"
+    assert json.loads((out / "changes.json").read_text()) == changed
+    rows = {r["source"]: r for r in csv.DictReader(open(out / "table.csv"))}
+    assert float(rows["medqa"]["accuracy"]) == pytest.approx(2 / 3) and float(rows["pubmedqa"]["accuracy"]) == 1.0
+    assert float(rows["medqa"]["unparsed_rate"]) == 0.0
+    assert "| medqa | 256 | 3 |" in (out / "table.md").read_text() and (out / "report.html").exists()
     # The run's own files are untouched.
     assert json.loads((run / "traces.jsonl").read_text().splitlines()[1])["outcome"] == "unparsed"
 
-    strict_again = regrade.regrade(run, "strict")
-    assert [r["letter"] for r in strict_again] == [r["letter"] for r in records]
+    strict_again, _ = regrade.regrade(run, "strict")
+    assert sorted((t.id, t.letter) for t in strict_again.traces) == [(r["id"], r["letter"]) for r in records]
 
 
 def test_regrade_errors_and_partial_line(tmp_path):
-    with pytest.raises(M1Error, match="not found"):
+    with pytest.raises(M1Error, match="not a folder"):
         regrade.regrade(tmp_path / "nope")
     run = write_run(tmp_path / "run", [record("q1", "medqa", 64, "Final Answer: C")])
     with pytest.raises(M1Error, match="unknown grader"):
         regrade.regrade(run, "lenient")
     with open(run / "traces.jsonl", "a") as f:
         f.write('{"id": "q2", "source": "med')  # a crash mid-write: skipped, not fatal
-    assert len(regrade.load_traces(run)) == 1
+    assert len(Run.load(run).traces) == 1
     (run / "traces.jsonl").write_text('{"id": "q1"}\n')
     with pytest.raises(M1Error, match=r"traces.jsonl:1: record lacks"):
-        regrade.load_traces(run)
+        Run.load(run)
     (run / "traces.jsonl").write_text('garbage\n')
     with pytest.raises(M1Error, match="not a JSON line"):
-        regrade.load_traces(run)
+        Run.load(run)
 
 
 def test_regrade_cli(tmp_path, capsys):
@@ -83,7 +86,7 @@ def test_regrade_cli(tmp_path, capsys):
     assert args.func is regrade.main
     assert regrade.main(args) == 0
     out = capsys.readouterr().out
-    assert "0 of 1 records change correctness" in out and (run / "table_m1.md").exists()
+    assert "0 of 1 records change correctness" in out and (run / "regraded-m1" / "table.md").exists()
 
 
 def _two_budget_run(path):

@@ -15,10 +15,11 @@ from m1.reporting.stats import (
     seeds_table,
     t95,
 )
+from m1.runs import Trace
 
 
-def recs(source: str, budget: int, correct: list[int], start: int = 0) -> list[dict]:
-    return [{"source": source, "budget": budget, "id": f"{source}-{i + start}", "correct": bool(c)}
+def recs(source: str, budget: int, correct: list[int], start: int = 0) -> list[Trace]:
+    return [Trace(source=source, budget=budget, id=f"{source}-{i + start}", correct=bool(c))
             for i, c in enumerate(correct)]
 
 

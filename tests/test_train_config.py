@@ -39,15 +39,16 @@ def test_yaml_then_overrides_with_types(tmp_path):
 
 
 def test_unknown_key_names_it(tmp_path):
-    with pytest.raises(M1Error, match=r"t\.yaml: unknown train config key 'learnig_rate'.*'learning_rate'"):
+    with pytest.raises(M1Error, match=r"t\.yaml: unknown setting 'learnig_rate'; did you mean 'learning_rate'\?"):
         load_config(write(tmp_path, "learnig_rate: 1e-5\n"))
-    with pytest.raises(M1Error, match="command line: unknown train config key 'epochs'"):
+    with pytest.raises(M1Error, match="command line: unknown setting 'epochs'"):
         load_config(None, ["epochs=3"])
 
 
 @pytest.mark.parametrize("override, match", [
-    ("max_steps=two", "max_steps='two' is not a valid int"),
-    ("packing=maybe", "packing='maybe' is not a valid bool"),
+    ("max_steps=two", "command line: max_steps: expected integer, got 'two'"),
+    ("packing=maybe", "command line: packing: expected true or false, got 'maybe'"),
+    ("save_steps=none", "save_steps: expected integer or null, got 'none'"),
     ("dtype=fp8", "dtype 'fp8' unknown"),
     ("learning_rate=-1", "learning_rate must be positive"),
     ("max_length", "not key=value"),

@@ -11,10 +11,13 @@ from m1.errors import M1Error
 
 
 def _budgets(text: str) -> tuple[int, ...]:
+    """--budgets: numbers and start:stop:step ranges, comma-separated (see config.parse_budgets)."""
+    from m1.config import parse_budgets
+
     try:
-        return tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"budgets must be comma-separated integers, got {text!r}") from None
+        return parse_budgets(text)
+    except M1Error as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("--budgets: ")) from None
 
 
 def _kv(text: str) -> tuple[str, object]:
@@ -27,37 +30,64 @@ def _kv(text: str) -> tuple[str, object]:
         return k, v
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag or value is one line (what, and where to look), not a usage dump."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="m1", description="Test-time scaling of medical reasoning.")
+    p = _Parser(prog="m1", description="Test-time scaling of medical reasoning.")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = p.add_subparsers(dest="command", required=True)
 
+    from m1.configfile import add_config_option
+
     d = EvalConfig()
-    e = sub.add_parser("eval", help="evaluate a model at several thinking budgets")
-    e.add_argument("--benchmark", default=d.benchmark, help="registered benchmark (see `m1 benchmarks`)")
+    # Settings flags default to None: only those given override --config FILE (see config_from_args).
+    e = sub.add_parser("eval", help="evaluate a model at several thinking budgets",
+                       description="Settings come from the defaults, then --config FILE (YAML or JSON), then "
+                       "the flags given, then key=value pairs (EvalConfig field names, dotted into mappings: "
+                       "engine_options.n_slots=4). --print-config shows the result as a file --config reads.")
+    e.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="config fields, e.g. limit=20 budgets=[64,128] engine_options.n_slots=4")
+    add_config_option(e, "a file of EvalConfig fields, e.g. one written by --print-config")
+    e.add_argument("--print-config", dest="func", action="store_const", const=cmd_print_config,
+                   help="print the config as loaded (YAML) and run nothing")
+    e.add_argument("--benchmark", help=f"registered benchmark (see `m1 benchmarks`; default {d.benchmark})")
     e.add_argument("--suite", help="a benchmark suite, e.g. m1 (the paper's ten sources; runs those present)")
     e.add_argument("--data-dir", help="folder holding benchmarks m1 does not ship (also $M1_DATA_DIR)")
     e.add_argument("--data", help="a JSON/JSONL file of questions instead of a registered benchmark")
-    e.add_argument("--limit", type=int, default=d.limit, help="seeded sample of this many questions (0: all)")
-    e.add_argument("--seed", type=int, default=d.seed)
-    e.add_argument("--engine", default=d.engine, help="llamacpp | hf | openai | vllm")
-    e.add_argument("--model", help="GGUF file, HF folder or hub id, or server model name")
+    e.add_argument("--limit", type=int, help=f"seeded sample of this many questions (0: all; default {d.limit})")
+    e.add_argument("--seed", type=int, help=f"default {d.seed}")
+    e.add_argument("--engine", help=f"llamacpp | hf | openai | vllm (default {d.engine})")
+    e.add_argument("--model", help="GGUF file, a name from `m1 models` (qwen2.5-coder-0.5b), HF folder or hub id, "
+                                   "or server model name")
     e.add_argument("--base-url", help="openai engine: server URL, e.g. http://127.0.0.1:8000/v1")
     e.add_argument("--engine-opt", type=_kv, nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="engine option, e.g. n_slots=8 or tokenizer=Qwen/Qwen2.5-7B-Instruct")
-    e.add_argument("--format", default="auto",
-                   help="m1 | s1 | r1 | plain | auto (plain for the embedded model, m1 otherwise)")
-    for name in ("think_start", "think_end", "answer_start", "answer_forced", "answer_end"):
+    e.add_argument("--format", help="m1 | s1 | r1 | plain | auto (default: plain for the embedded model, m1 otherwise)")
+    for name in DELIMITERS:
         e.add_argument(f"--{name.replace('_', '-')}", dest=name, help=f"custom {name} delimiter")
-    e.add_argument("--budgets", type=_budgets, default=d.budgets, help="comma-separated thinking budgets")
-    e.add_argument("--answer-max-tokens", type=int, default=d.answer_max_tokens)
-    e.add_argument("--forcing", type=int, default=d.forcing_rounds, help="budget-forcing rounds (ignore ends)")
-    e.add_argument("--ignore-str", default=d.ignore_str, help="string appended when forcing (default Wait)")
-    e.add_argument("--temperature", type=float, default=d.temperature)
-    e.add_argument("--top-p", type=float, default=d.top_p)
+    e.add_argument("--budgets", type=_budgets,
+                   help="thinking budgets: numbers and start:stop:step ranges, e.g. 16,32:512:32,1024 "
+                        f"(default {','.join(map(str, d.budgets))})")
+    e.add_argument("--answer-max-tokens", type=int, help=f"default {d.answer_max_tokens}")
+    e.add_argument("--forcing", type=int, help="budget-forcing rounds (ignore ends; default 0)")
+    e.add_argument("--ignore-str", help=f"string appended when forcing (default {d.ignore_str})")
+    e.add_argument("--temperature", type=float, help=f"default {d.temperature}")
+    e.add_argument("--top-p", type=float, help=f"default {d.top_p}")
+    e.add_argument("--adaptive", metavar="POLICY",
+                   help="stop each question's thinking when its answer settles: stable=M,every=N (M forced answers "
+                        "in a row agree), confidence=TAU,every=N or deer=TAU,every=N[,switch_words=Wait|But]; "
+                        "--budgets then gives the cap")
+    e.add_argument("--grader", choices=("strict", "m1"),
+                   help="how answers are read: strict (default; m1's own) or m1 (the official scorer's rules); "
+                        "either can be re-applied later with `m1 report --grader` or `m1 regrade`")
     e.add_argument("--independent", action="store_true",
                    help="rerun thinking for each budget instead of cutting one long run (slower, same answers)")
-    e.add_argument("--instruction", default=d.instruction, help="text appended to each question")
+    e.add_argument("--instruction", help="text appended to each question (default: m1's boxed-answer line)")
     e.add_argument("--system-prompt")
     e.add_argument("--out", help="run folder (default: runs/<name>-<config hash>; rerun resumes)")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -66,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     bm = sub.add_parser("benchmarks", help="list the registered benchmarks and which are present")
     bm.add_argument("--data-dir", help="folder holding benchmarks m1 does not ship (also $M1_DATA_DIR)")
     bm.set_defaults(func=cmd_benchmarks)
-    from m1 import compare, regrade
+    from m1 import compare, models, regrade
     from m1.curation import cli as data_cli
     from m1.reporting import cli_report
     from m1.training import cli as train_cli
@@ -76,28 +106,68 @@ def build_parser() -> argparse.ArgumentParser:
     cli_report.add_parser(sub)
     regrade.add_parser(sub)
     compare.add_parser(sub)
+    models.add_parser(sub)
     return p
 
 
+# EvalConfig fields whose eval flag has another name (the others' flags share the field's name)
+_FLAG_DESTS = {"forcing_rounds": "forcing"}
+DELIMITERS = ("think_start", "think_end", "answer_start", "answer_forced", "answer_end")
+
+
 def config_from_args(a: argparse.Namespace) -> EvalConfig:
-    options = dict(a.engine_opt)
-    if a.base_url:
-        options["base_url"] = a.base_url
-    overrides = {k: getattr(a, k) for k in ("think_start", "think_end", "answer_start", "answer_forced", "answer_end")
-                 if getattr(a, k) is not None}
-    return EvalConfig(
-        benchmark=a.benchmark, suite=a.suite, data_dir=a.data_dir, data=a.data, limit=a.limit or None, seed=a.seed,
-        engine=a.engine, model=a.model,
-        engine_options=options, format=a.format, format_overrides=overrides, budgets=a.budgets,
-        answer_max_tokens=a.answer_max_tokens, forcing_rounds=a.forcing, ignore_str=a.ignore_str,
-        temperature=a.temperature, top_p=a.top_p, method="independent" if a.independent else "cut",
-        instruction=a.instruction, system_prompt=a.system_prompt,
-    )
+    """The eval config: defaults < --config FILE < the flags given < key=value pairs (m1.configfile)."""
+    from dataclasses import fields
+
+    from m1.configfile import load_config, split_args
+
+    flags: dict[str | tuple[str, ...], object] = {}
+    for f in fields(EvalConfig):
+        dest = _FLAG_DESTS.get(f.name, f.name)
+        if f.name not in ("limit", "method") and getattr(a, dest, None) is not None:
+            flags[f.name] = getattr(a, dest)
+    if getattr(a, "limit", None) is not None:
+        flags["limit"] = a.limit or None  # --limit 0: all
+    if getattr(a, "independent", False):
+        flags["method"] = "independent"
+    names = {f.name for f in fields(EvalConfig)}
+    late = []  # key=value settings typed after --engine-opt, which takes every KEY=VALUE that follows it
+    for k, v in getattr(a, "engine_opt", []):
+        if k.split(".")[0] in names:  # no engine option shares a name with an eval setting
+            late.append(f"{k}={v if isinstance(v, str) else json.dumps(v)}")
+        else:
+            flags[("engine_options", k)] = v
+    if getattr(a, "base_url", None):
+        flags[("engine_options", "base_url")] = a.base_url
+    for k in DELIMITERS:
+        if getattr(a, k, None) is not None:
+            flags[("format_overrides", k)] = getattr(a, k)
+    path, overrides = split_args(getattr(a, "overrides", []), getattr(a, "config_file", None), positional_file=False)
+    overrides += late
+    return load_config(EvalConfig, path, overrides, flags=flags, what="eval config",
+                       parsers={"budgets": _budgets_setting})
+
+
+def _budgets_setting(value: str | int | list[int | str]) -> tuple[int, ...]:
+    """budgets in a file or key=value: a list, a number, or the --budgets string (16,32:512:32)."""
+    from m1.config import parse_budgets
+
+    try:
+        return parse_budgets(value)
+    except M1Error as e:
+        raise M1Error(str(e).removeprefix("--budgets: ")) from None
+
+
+def cmd_print_config(a: argparse.Namespace) -> int:
+    """`m1 eval ... --print-config`: the config as loaded, as YAML that --config reads back."""
+    from m1.configfile import dump
+
+    print(dump(config_from_args(a)), end="")
+    return 0
 
 
 def cmd_eval(a: argparse.Namespace) -> int:
-    from m1.evaluate import evaluate
-    from m1.reporting.report import markdown_table
+    from m1.evaluate import benchmark_names, evaluate
 
     cfg = config_from_args(a)
     bar = None
@@ -115,15 +185,16 @@ def cmd_eval(a: argparse.Namespace) -> int:
             bar.set_postfix_str(f"{load['tokens_per_s']:.0f} tok/s, engine {load['occupancy']:.0%} full")
         bar.refresh()
 
-    result = evaluate(cfg, out=a.out, progress=progress)
+    run = evaluate(cfg, out=a.out, progress=progress)
     if bar is not None:
         bar.close()
-    print(markdown_table(result.metrics["rows"]), end="")
-    if result.missing:
-        print(f"\nnot present, skipped: {', '.join(result.missing)} "
+    print((run.path / "table.md").read_text(), end="")
+    _, missing = benchmark_names(cfg)
+    if missing:
+        print(f"\nnot present, skipped: {', '.join(missing)} "
               "(put their files in --data-dir; see `m1 benchmarks`)")
-    print(f"\nrun folder: {result.run_dir}")
-    print(f"plot: {result.run_dir / 'accuracy_vs_budget.png'}")
+    print(f"\nrun folder: {run.path}")
+    print(f"report: {run.path / 'report.html'} (plots: {run.path / 'accuracy_vs_budget.png'}, ...)")
     return 0
 
 

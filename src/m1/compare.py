@@ -17,44 +17,45 @@ from pathlib import Path
 
 from m1.errors import M1Error
 from m1.grading import GRADERS
-from m1.regrade import load_traces, regrade_records
 from m1.reporting.stats import N_BOOT, Paired, paired_pooled
-from m1.runs import CONFIG, read_config
+from m1.runs import Run, Trace
 
 MACRO, MICRO = "avg (macro)", "all (micro)"
 
 
-def compare_runs(run_a: str | Path, run_b: str | Path | None = None, budgets: list[int] | None = None,
+def compare_runs(run_a: str | Path | Run, run_b: str | Path | Run | None = None, budgets: list[int] | None = None,
                  grader: str | None = None, n_boot: int = N_BOOT, seed: int = 0) -> dict:
     """Rows of paired comparisons (see the module doc); grader re-grades both sides first
     (None keeps each run's own grades)."""
     if n_boot < 1:
         raise M1Error(f"--n-boot must be at least 1, got {n_boot}")
-    recs_a = _records(run_a, grader)
+    a = _load(run_a, grader)
+    recs_a = a.traces
     if run_b is None:
-        have = sorted({r["budget"] for r in recs_a})
+        have = a.budgets
         budgets = sorted(budgets) if budgets else have
         if len(budgets) < 2:
-            raise M1Error(f"{run_a} has budgets {have}; comparing within one run needs two of them "
+            raise M1Error(f"{a.path} has budgets {have}; comparing within one run needs two of them "
                           "(--budgets 256,1024)")
         lost = [b for b in budgets if b not in have]
         if lost:
-            raise M1Error(f"{run_a} has no records at budget {lost[0]}; it has {have}")
+            raise M1Error(f"{a.path} has no records at budget {lost[0]}; it has {have}")
         steps = list(zip(budgets, budgets[1:]))
         pairs = {step: _pair(recs_a, recs_a, step) for step in steps}
-        label_b, differs = str(run_a), []
+        label_b, differs = str(a.path), []
     else:
-        recs_b = _records(run_b, grader)
-        common = sorted({r["budget"] for r in recs_a} & {r["budget"] for r in recs_b})
+        b = _load(run_b, grader)
+        recs_b = b.traces
+        common = sorted(set(a.budgets) & set(b.budgets))
         if budgets:
             lost = [b for b in budgets if b not in common]
             if lost:
                 raise M1Error(f"budget {lost[0]} is not in both runs; they share {common}")
             common = sorted(set(budgets))
         if not common:
-            raise M1Error(f"{run_a} and {run_b} share no budget")
+            raise M1Error(f"{a.path} and {b.path} share no budget")
         pairs = {(b, b): _pair(recs_a, recs_b, (b, b)) for b in common}
-        label_b, differs = str(run_b), _config_diff(run_a, run_b)
+        label_b, differs = str(b.path), _config_diff(a.config, b.config)
 
     rows = []
     for (ba, bb), groups in pairs.items():
@@ -65,28 +66,28 @@ def compare_runs(run_a: str | Path, run_b: str | Path | None = None, budgets: li
             rows.append(_row(source, ba, bb, paired_pooled({source: ab}, n_boot, seed)[1]))
         macro, micro = paired_pooled(groups, n_boot, seed)
         rows += [_row(MACRO, ba, bb, macro), _row(MICRO, ba, bb, micro)]
-    return {"a": str(run_a), "b": label_b, "mode": "budgets" if run_b is None else "runs",
+    return {"a": str(a.path), "b": label_b, "mode": "budgets" if run_b is None else "runs",
             "grader": grader, "n_boot": n_boot, "seed": seed, "config_differs": differs, "rows": rows}
 
 
-def _records(run: str | Path, grader: str | None) -> list[dict]:
-    records = load_traces(run)
-    return regrade_records(records, grader) if grader else records
+def _load(run: str | Path | Run, grader: str | None) -> Run:
+    run = run if isinstance(run, Run) else Run.load(run)
+    return run.regraded(grader) if grader else run
 
 
-def _pair(recs_a: list[dict], recs_b: list[dict], budgets: tuple[int, int]) -> dict[str, tuple[list, list]]:
+def _pair(recs_a: list[Trace], recs_b: list[Trace], budgets: tuple[int, int]) -> dict[str, tuple[list, list]]:
     """source -> (correct in A, correct in B) over the questions both answered, in one order."""
-    at_b = {(r["source"], r["id"]): r for r in recs_b if r["budget"] == budgets[1]}
+    at_b = {(r.source, r.id): r for r in recs_b if r.budget == budgets[1]}
     groups: dict[str, tuple[list, list]] = defaultdict(lambda: ([], []))
-    for r in sorted((r for r in recs_a if r["budget"] == budgets[0]), key=lambda r: (r["source"], r["id"])):
-        other = at_b.get((r["source"], r["id"]))
+    for r in sorted((r for r in recs_a if r.budget == budgets[0]), key=lambda r: (r.source, r.id)):
+        other = at_b.get((r.source, r.id))
         if other is None:
             continue
-        if other["gold"] != r["gold"] or other["options"] != r["options"]:
-            raise M1Error(f"question {r['source']}/{r['id']} differs between the two runs (gold or options); "
+        if other.gold != r.gold or other.options != r.options:
+            raise M1Error(f"question {r.source}/{r.id} differs between the two runs (gold or options); "
                           "they are not the same benchmark version")
-        groups[r["source"]][0].append(bool(r["correct"]))
-        groups[r["source"]][1].append(bool(other["correct"]))
+        groups[r.source][0].append(r.correct)
+        groups[r.source][1].append(other.correct)
     return dict(sorted(groups.items()))
 
 
@@ -96,15 +97,8 @@ def _row(source: str, budget_a: int, budget_b: int, p: Paired) -> dict:
             "p_value": p.p_value, **vars(p.flips)}
 
 
-def _config_diff(run_a: str | Path, run_b: str | Path) -> list[str]:
+def _config_diff(a: dict, b: dict) -> list[str]:
     """'key: A vs B' for each config field that differs, so the table says what was compared."""
-    cfgs = []
-    for run in (run_a, run_b):
-        try:
-            cfgs.append(read_config(Path(run) / CONFIG))
-        except M1Error:
-            return []  # labels only; the comparison itself needs just the traces
-    a, b = cfgs
     return [f"{k}: {a.get(k)!r} vs {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 
 
@@ -151,6 +145,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--n-boot", type=int, default=N_BOOT, help="bootstrap resamples")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     p.add_argument("--json", action="store_true", help="print the result as JSON instead of Markdown")
+    p.add_argument("--out", help="also write the full report of both runs (every section) into this folder")
     p.set_defaults(func=main)
     return p
 
@@ -158,4 +153,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> int:
     result = compare_runs(args.run_a, args.run_b, args.budgets, args.grader, args.n_boot, args.seed)
     print(json.dumps(result, indent=2) if args.json else format_comparison(result), end="")
+    if args.out:
+        from m1.reporting.report import report
+
+        runs = [Run.load(p) for p in (args.run_a, args.run_b) if p]
+        report(runs, args.out, grader=args.grader)
+        Path(args.out, "comparison.md").write_text(format_comparison(result), encoding="utf-8")
+        print(f"\nwrote the report of {len(runs)} run(s) and comparison.md into {args.out}")
     return 0

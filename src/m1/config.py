@@ -1,9 +1,12 @@
 """The evaluation config: resolved once, saved with every run."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass, field, fields
+from typing import Iterable
 
 from m1.errors import M1Error
 
@@ -12,6 +15,97 @@ M1_INSTRUCTION = "Return your final response within \\boxed{}."
 # resumed with other values (more requests in flight, other replicas) continues the same run.
 SCHEDULING_OPTIONS = ("n_slots", "n_threads", "n_batch", "concurrency", "base_url", "timeout",
                       "skip_unreachable", "max_num_seqs", "batch_size", "api_key_env")
+
+
+MAX_BUDGETS = 1000  # a sweep of more budgets is almost surely a typo in a range
+
+
+def parse_budgets(spec: str | int | Iterable[int | str]) -> tuple[int, ...]:
+    """Thinking budgets from `--budgets` syntax: comma-separated items, each a number or a
+    range `start:stop:step` (stop included when it lands on the grid: 32:512:32 is 32, 64, …,
+    512), e.g. "16,32:512:32,1024". Also a list/tuple of numbers or such strings (config files).
+    Sorted ascending, duplicates dropped. Bad input raises M1Error with one line."""
+    parts: list[object]
+    if isinstance(spec, str):
+        parts = list(spec.split(","))
+    elif isinstance(spec, (int, bool)):
+        parts = [spec]
+    else:
+        try:
+            parts = list(spec)
+        except TypeError:
+            raise M1Error(f"--budgets: expected numbers or a string like 32:512:32, got {spec!r}") from None
+    out: set[int] = set()
+    for part in parts:
+        for item in part.split(",") if isinstance(part, str) else [part]:
+            item = item.strip() if isinstance(item, str) else item
+            if item == "":
+                continue
+            if isinstance(item, str) and ":" in item:
+                out.update(_budget_range(item))
+            else:
+                out.add(_budget(item, "budget"))
+            if len(out) > MAX_BUDGETS:
+                raise M1Error(f"--budgets: more than {MAX_BUDGETS} budgets; use a coarser step")
+    if not out:
+        raise M1Error("no budgets given: pass --budgets 128,256,... or a range such as 32:512:32")
+    return tuple(sorted(out))
+
+
+def _budget(value: object, what: str) -> int:
+    """One positive whole number of tokens, from an int or a string of digits."""
+    if isinstance(value, bool):
+        raise M1Error(f"--budgets: {what} must be a whole number, got {value!r}")
+    if isinstance(value, str):
+        text = value.strip()
+        if not re.fullmatch(r"[+-]?[0-9]+", text):
+            raise M1Error(f"--budgets: {what} must be a whole number, got {value!r} "
+                          "(use commas and start:stop:step, e.g. 16,32:512:32)")
+        value = int(text)
+    elif isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, int):
+        raise M1Error(f"--budgets: {what} must be a whole number, got {value!r}")
+    if value <= 0:
+        raise M1Error(f"--budgets: every budget must be a positive number of tokens, got {value}")
+    return value
+
+
+def _budget_range(text: str) -> range:
+    nums = text.split(":")
+    if len(nums) != 3:
+        raise M1Error(f"--budgets: a range is start:stop:step, got {text!r}")
+    start, stop = _budget(nums[0], "a range's start"), _budget(nums[1], "a range's stop")
+    step_text = nums[2].strip()
+    if not re.fullmatch(r"[+-]?[0-9]+", step_text):
+        raise M1Error(f"--budgets: a range's step must be a whole number, got {nums[2]!r} in {text!r}")
+    step = int(step_text)
+    if step <= 0:
+        raise M1Error(f"--budgets: a range's step must be positive, got {step} in {text!r}")
+    if start > stop:
+        raise M1Error(f"--budgets: range {text!r} starts after it stops, so it holds no budget")
+    n = (stop - start) // step + 1
+    if n > MAX_BUDGETS:
+        raise M1Error(f"--budgets: range {text!r} holds {n} budgets, more than {MAX_BUDGETS}; use a coarser step")
+    return range(start, stop + 1, step)
+
+
+def _adaptive_spec(spec: str, budgets: tuple[int, ...], method: str) -> str:
+    """The --adaptive text, checked against the budgets and written the one way a run saves it."""
+    from m1.thinking.policies import parse_policy, policy_spec
+
+    try:
+        policy = parse_policy(spec)
+    except ValueError as err:
+        raise M1Error(f"--adaptive {spec!r}: {err}") from None
+    if len(budgets) != 1:
+        raise M1Error(f"--adaptive stops each question at its own point, so it takes one budget, the cap "
+                      f"(e.g. --budgets {max(budgets)}), got {len(budgets)}")
+    if policy.every is not None and policy.every > budgets[0]:
+        raise M1Error(f"--adaptive every={policy.every} is past the cap --budgets {budgets[0]}: no checkpoint")
+    if method != "cut":
+        raise M1Error("--adaptive thinks once per question; it does not combine with --independent")
+    return policy_spec(policy)
 
 
 @dataclass(frozen=True)
@@ -34,7 +128,8 @@ class EvalConfig:
     model: str | None = None  # None: the embedded SmolLM2-135M-Instruct
     engine_options: dict = field(default_factory=dict)
     # "auto": plain for the embedded SmolLM2, which was never trained on m1's think/answer
-    # delimiters (it ends its turn at once inside them), m1 for any model you name.
+    # delimiters (it ends its turn at once inside them), m1 for any model you name; decided
+    # by `resolved()` when the run starts, once the model that runs is known.
     format: str = "auto"
     format_overrides: dict = field(default_factory=dict)
     budgets: tuple[int, ...] = (32, 64, 128, 256)
@@ -46,20 +141,23 @@ class EvalConfig:
     method: str = "cut"  # or "independent"
     instruction: str = M1_INSTRUCTION
     system_prompt: str | None = None
+    # How answers are read: "strict" (m1's) or "m1" (the official scorer's rules). Either can be
+    # applied afterwards from the traces alone, so it is not part of what a run computes.
+    grader: str = "strict"
+    # Stop each question's thinking when a policy fires (m1.thinking.policies), e.g.
+    # "stable=3,every=64": answers are forced every 64 tokens, thinking stops once 3 agree.
+    # The one budget is then the cap. None: fixed budgets.
+    adaptive: str | None = None
 
     def __post_init__(self):
-        if self.format == "auto":
-            embedded = self.engine == "llamacpp" and self.model is None
-            object.__setattr__(self, "format", "plain" if embedded else "m1")
-        budgets = tuple(int(b) for b in self.budgets)
-        object.__setattr__(self, "budgets", budgets)
-        if not budgets:
-            raise M1Error("no budgets given: pass --budgets 128,256,...")
-        bad = [b for b in budgets if b <= 0]
-        if bad:
-            raise M1Error(f"--budgets: every budget must be a positive number of tokens, got {bad[0]}")
-        if self.limit is not None and self.limit <= 0:
-            raise M1Error(f"--limit must be positive, got {self.limit}")
+        # A tuple/list of budgets, or the string form "16,32:512:32,1024" (also in config files).
+        object.__setattr__(self, "budgets", parse_budgets(self.budgets))
+        if self.adaptive is not None:
+            object.__setattr__(self, "adaptive", _adaptive_spec(self.adaptive, self.budgets, self.method))
+        if self.limit == 0:  # as on the command line: 0 means every question
+            object.__setattr__(self, "limit", None)
+        if self.limit is not None and self.limit < 0:
+            raise M1Error(f"--limit must be positive (0: all questions), got {self.limit}")
         if self.method not in ("cut", "independent"):
             raise M1Error(f"--method must be 'cut' or 'independent', got {self.method!r}")
         if not self.temperature >= 0:
@@ -68,8 +166,22 @@ class EvalConfig:
             raise M1Error(f"--top-p must be in (0, 1], got {self.top_p}")
         if self.answer_max_tokens <= 0:
             raise M1Error(f"--answer-max-tokens must be positive, got {self.answer_max_tokens}")
+        from m1.grading import GRADERS
+
+        if self.grader not in GRADERS:
+            raise M1Error(f"--grader must be one of {', '.join(sorted(GRADERS))}, got {self.grader!r}")
         if self.forcing_rounds < 0:
             raise M1Error(f"--forcing must be >= 0 rounds, got {self.forcing_rounds}")
+
+    def resolved(self, embedded: bool | None = None) -> EvalConfig:
+        """The config with format "auto" decided: plain for the embedded SmolLM2 (never trained
+        on m1's delimiters), m1 for any other model. `embedded` says whether the model that
+        will run is the embedded one (default: no model named and the llamacpp engine)."""
+        if self.format != "auto":
+            return self
+        if embedded is None:
+            embedded = self.engine == "llamacpp" and self.model in (None, "smollm2-135m")
+        return dataclasses.replace(self, format="plain" if embedded else "m1")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -87,9 +199,12 @@ class EvalConfig:
 
     @staticmethod
     def identity(d: dict) -> dict:
-        """The part of a config dict that decides results: all but scheduling options and
-        fields that no longer mean anything (chunk_size, in runs written before pipelines)."""
-        d = {k: v for k, v in d.items() if k != "chunk_size"}
+        """The part of a config dict that decides what is generated: all but scheduling options,
+        the grader (re-applied from traces at will) and fields that no longer mean anything
+        (chunk_size, in runs written before pipelines)."""
+        d = {k: v for k, v in d.items() if k not in ("chunk_size", "grader")}
+        if d.get("adaptive") is None:  # fixed budgets: hashed as before adaptive runs existed
+            d.pop("adaptive", None)
         d["engine_options"] = {k: v for k, v in (d.get("engine_options") or {}).items()
                                if k not in SCHEDULING_OPTIONS}
         return d

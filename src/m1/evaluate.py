@@ -1,8 +1,8 @@
 """items → prompts → engine → traces → grades → reports, with resume."""
 from __future__ import annotations
 
+import dataclasses
 import functools
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol
 
@@ -11,17 +11,11 @@ from m1.config import EvalConfig
 from m1.engines import Engine, make_engine
 from m1.engines.base import bounded, common_prefix, load_between, run_sync
 from m1.errors import M1Error
-from m1.runs import RunDir, package_versions
+from m1.grading import get_grader
+from m1.runs import Run, RunDir, Trace, package_versions
 from m1.thinking.budget import BudgetController, ContextLog, ThinkingParams
 from m1.thinking.formats import get_format
-
-
-@dataclass
-class EvalResult:
-    run_dir: Path
-    records: list[dict]
-    metrics: dict
-    missing: list[str]  # benchmarks of the suite that are not present here
+from m1.thinking.policies import confidence, parse_policy
 
 
 def benchmark_names(cfg: EvalConfig) -> tuple[list[str], list[str]]:
@@ -64,7 +58,7 @@ def default_run_dir(cfg: EvalConfig) -> Path:
         source = Path(cfg.data).stem
     else:
         source = f"suite-{cfg.suite}" if cfg.suite else cfg.benchmark.replace(",", "+")
-    model = Path(cfg.model).stem if cfg.model else "smollm2-135m"
+    model = Path(cfg.model).name.removesuffix(".gguf") if cfg.model else "smollm2-135m"  # names keep their dots
     return Path("runs") / f"{source}-{cfg.engine}-{model}-{cfg.format}-{cfg.fingerprint()}"
 
 
@@ -76,15 +70,16 @@ Progress = Callable[[int, int, dict], None]
 
 
 def evaluate(cfg: EvalConfig, out: str | Path | None = None, engine: Engine | None = None,
-             progress: Progress | None = None) -> EvalResult:
-    """Run (or resume) an evaluation; returns every record and the metrics.
+             progress: Progress | None = None) -> Run:
+    """Run (or resume) an evaluation and write its report into the run folder; returns the Run.
 
     `progress(done, total, load)` is called as questions finish; `load` holds the engine's
-    occupancy and tokens/s so far."""
-    from m1.grading import grade
-    from m1.reporting.report import write_reports
+    occupancy and tokens/s so far. An `engine` you pass is used as is (and not closed); the
+    config is reconciled with it: a format of "auto" resolves for that engine's model."""
+    from m1.reporting.report import report
 
-    names, missing = benchmark_names(cfg)
+    cfg = reconcile(cfg, engine)
+    names, _ = benchmark_names(cfg)
     items = load_items(cfg, names)
     if not items:
         raise M1Error("no questions to evaluate: the suite has no benchmark present (see `m1 benchmarks`)")
@@ -102,24 +97,47 @@ def evaluate(cfg: EvalConfig, out: str | Path | None = None, engine: Engine | No
         done = {(r["id"], r["budget"]) for r in records}
         todo = [it for it in items if any((it.id, b) not in done for b in cfg.budgets)]
         controller = BudgetController(engine, fmt, params)
-        load = _Pipelines(engine, controller, cfg, run, done, grade, progress).run(todo, total=len(items))
+        load = _Pipelines(engine, controller, cfg, run, done, progress).run(todo, total=len(items))
     finally:
         if own_engine:
             engine.close()
+    result = Run.load(run.path)
     wanted = {it.id for it in items}
-    records = run.load()
-    records = [r for r in records if r["id"] in wanted and r["budget"] in cfg.budgets]
-    metrics = write_reports(run.path, records, cfg, load=load)
-    return EvalResult(run.path, records, metrics, missing)
+    result.traces = [t for t in result.traces if t.id in wanted and t.budget in cfg.budgets]
+    if any(t.grader != cfg.grader for t in result.traces):  # resumed with another grader
+        result = result.regraded(cfg.grader)
+    result.engine_load = load or result.engine_load
+    report([result], run.path)
+    return result
+
+
+def reconcile(cfg: EvalConfig, engine: Engine | None) -> EvalConfig:
+    """The config resolved for the engine that will run: with an engine passed in (from a
+    notebook) and no model named, the config takes the engine's model, so the run folder,
+    config.json and report say which model ran; format "auto" is then decided for it."""
+    if engine is None:
+        return cfg.resolved()
+    from m1.engines.llamacpp import embedded_model_path
+
+    described = engine.describe()
+    model = described.get("model")
+    try:
+        embedded = cfg.engine == "llamacpp" and model is not None and Path(model) == embedded_model_path()
+    except M1Error:
+        embedded = False
+    if cfg.model is None and model and not embedded:
+        cfg = dataclasses.replace(cfg, model=str(model))
+    return cfg.resolved(embedded=embedded or (cfg.model is None and not model))
 
 
 class _Pipelines:
     """Every question its own pipeline; `engine.capacity` questions in flight, the next one
     started the moment one finishes; each question's records appended (fsync) as it finishes."""
 
-    def __init__(self, engine, controller, cfg, run, done, grade, progress):
+    def __init__(self, engine, controller, cfg, run, done, progress):
         self.engine, self.controller, self.cfg, self.run_dir = engine, controller, cfg, run
-        self.done, self.grade, self.progress = done, grade, progress
+        self.done, self.progress = done, progress
+        self.policy = parse_policy(cfg.adaptive) if cfg.adaptive else None
         self.minimum = 0  # context tokens the engine had to evaluate at the least
 
     def run(self, todo: list[Item], total: int) -> dict | None:
@@ -144,11 +162,25 @@ class _Pipelines:
             nonlocal finished
             text, ids = first.pop(item.id) if item.id in first else self._prompt(item)
             log = ContextLog()
-            per_budget = await self.controller.question(ids, item.id, self.cfg.budgets, self.cfg.method, log)
+            letters = tuple(item.options)
+            if self.policy is None:
+                per_budget = await self.controller.question(ids, item.id, self.cfg.budgets, self.cfg.method, log,
+                                                            letters)
+                new = [make_record(item, b, text, ids, th, ans, self.engine, self.controller, self.cfg.grader)
+                       for b, (th, ans) in sorted(per_budget.items()) if (item.id, b) not in self.done]
+            else:
+                def letter_of(th, ans):
+                    return get_grader(self.cfg.grader)(graded_text(th, ans, self.engine, self.controller), item).letter
+
+                cap = self.cfg.budgets[0]
+                th, ans, episode, why = await self.controller.adaptive(ids, item.id, cap, self.policy, letter_of, log,
+                                                                       letters)
+                t = make_record(item, cap, text, ids, th, ans, self.engine, self.controller, self.cfg.grader)
+                new = [dataclasses.replace(t, stopped_by=why, probes=[
+                    {"tokens": pr.budget, "letter": pr.letter, "confidence": confidence(pr.option_logprobs, letters)}
+                    for pr in episode.history])]
             self.minimum += log.minimum - min(shared, len(ids))
-            new = [make_record(item, b, text, ids, th, ans, self.engine, self.controller, self.grade)
-                   for b, (th, ans) in sorted(per_budget.items()) if (item.id, b) not in self.done]
-            self.run_dir.append(new)
+            self.run_dir.append([t.to_json() for t in new])
             finished += 1
             if self.progress:
                 self.progress(finished, total, load_between(start, meter.reading(), meter.capacity))
@@ -177,24 +209,30 @@ def _shared_prefix(prompts: list[list[int]]) -> int:
     return min(common_prefix(prompts[0], p) for p in prompts)
 
 
-def make_record(item, budget, prompt_text, prompt_ids, th, ans, engine, controller, grade) -> dict:
-    thinking_text = engine.detokenize(th.ids)
+def graded_text(th, ans, engine, controller, thinking_text: str | None = None) -> str:
+    """What the grader reads: the answer with the last line of its forced prefix ("Final Answer:"),
+    or, where the model answered inside its thinking (plain format, natural end), the thinking."""
     if controller.needs_answer_phase(th):
-        # The forced prefix ends "Final Answer:"; the grader must see it with the answer.
-        graded = ans.prefix.rsplit("\n", 1)[-1] + ans.text
-    else:
-        graded = thinking_text
-    g = grade(graded, item)
-    return {
+        return ans.prefix.rsplit("\n", 1)[-1] + ans.text
+    return engine.detokenize(th.ids) if thinking_text is None else thinking_text
+
+
+def make_record(item, budget, prompt_text, prompt_ids, th, ans, engine, controller, grader: str) -> Trace:
+    """The trace of one question at one budget, graded by `grader`."""
+    thinking_text = engine.detokenize(th.ids)
+    graded = graded_text(th, ans, engine, controller, thinking_text)
+    g = get_grader(grader)(graded, item)
+    return Trace(**{
         "id": item.id, "source": item.source, "budget": budget,
-        "gold": item.answer, "options": item.options,
+        "gold": item.answer, "options": item.options, "question": item.question,
         "prompt": prompt_text, "prompt_tokens": len(prompt_ids),
         "thinking": thinking_text, "thinking_tokens": len(th.ids), "thinking_ended": th.ended,
         "thinking_stop": th.stop if th.ended == "natural" else None,
-        "hit_budget": th.ended == "budget", "forcing_rounds": th.rounds, "forced_at": th.forced_at,
+        "hit_budget": th.ended == "budget", "rounds_forced": th.rounds, "forced_at": th.forced_at,
         "think_finish_reasons": th.finish_reasons,
         "answer_prefix": ans.prefix, "answer": ans.text, "answer_tokens": len(ans.ids),
         "answer_finish_reason": ans.finish_reason,
         "graded_text": graded, "letter": g.letter, "outcome": g.outcome, "rule": g.rule,
-        "correct": g.outcome == "correct",
-    }
+        "correct": g.outcome == "correct", "grader": grader,
+        "option_logprobs": ans.option_logprobs,
+    })

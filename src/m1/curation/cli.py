@@ -1,7 +1,10 @@
 """`m1 data ...`: build the training sets from a config.
 
-    m1 data build CONFIG [--until STAGE] [--force] [--push-to-hub REPO]
-    m1 data STAGE CONFIG [--force]          one stage, on the outputs already on disk
+    m1 data build CONFIG [key=value ...] [--until STAGE] [--force] [--push-to-hub REPO]
+    m1 data STAGE CONFIG [key=value ...] [--force]   one stage, on the outputs already on disk
+    m1 data build --config CONFIG [key=value ...]    the same; --print-config shows the result
+
+key=value pairs override the file's settings (dotted for sections: dedup.ngram=8).
 
 `python -m m1.curation.cli data build CONFIG` does the same (the kill tests start it that way).
 """
@@ -11,6 +14,7 @@ import argparse
 import json
 import sys
 
+from m1.configfile import add_config_option
 from m1.curation.config import STAGES
 from m1.errors import M1Error
 
@@ -20,7 +24,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                               description="Curate SFT data: " + " -> ".join(STAGES) + ". Stages whose inputs "
                               "and settings are unchanged are skipped.")
     p.add_argument("action", choices=("build",) + STAGES, help="build: every stage in order; or one stage")
-    p.add_argument("config", help="a data config (YAML), e.g. configs/data/example.yaml")
+    p.add_argument("config", nargs="?", help="a data config (YAML or JSON), e.g. configs/data/example.yaml")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="settings over the file's, dotted for sections: dedup.ngram=8 collect.sources.0.limit=5")
+    add_config_option(p, "the data config, instead of CONFIG")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the config as loaded (YAML, paths resolved) and run nothing")
     p.add_argument("--until", choices=STAGES, help="build: stop after this stage")
     p.add_argument("--force", action="store_true", help="rerun stages even when unchanged")
     p.add_argument("--push-to-hub", metavar="REPO", help="build: push the formatted sets to this HF dataset repo")
@@ -33,7 +42,12 @@ def main(args: argparse.Namespace) -> int:
     from m1.curation.config import load_config
     from m1.curation.pipeline import build, push_to_hub, run_stage
 
-    cfg = load_config(args.config)
+    cfg = load_config(*config_args(args))
+    if args.print_config:
+        from m1.configfile import dump
+
+        print(dump(cfg), end="")
+        return 0
     if args.action == "build":
         if args.push_to_hub and args.until not in (None, "format"):  # refuse before the build, not after it
             raise M1Error("--push-to-hub needs the build to reach the format stage; drop --until")
@@ -50,6 +64,18 @@ def main(args: argparse.Namespace) -> int:
     else:
         print(f"outputs in {cfg.out_dir}")
     return 0
+
+
+def config_args(args: argparse.Namespace) -> tuple[str, list[str]]:
+    """The config file and key=value overrides, from CONFIG or --config."""
+    from m1.configfile import split_args
+
+    tokens = ([args.config] if args.config else []) + list(args.overrides)
+    path, overrides = split_args(tokens, args.config_file)
+    if path is None:
+        raise M1Error(f"m1 data {args.action} needs a config file: m1 data {args.action} --config FILE.yaml "
+                      "[key=value ...] (e.g. configs/data/example.yaml)")
+    return path, overrides
 
 
 def run(argv: list[str] | None = None) -> int:

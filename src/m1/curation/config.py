@@ -1,5 +1,6 @@
 """The data-build config: one YAML (or JSON) file, one typed dataclass per stage.
 
+The file is read by m1's one config loader (m1.configfile), `key=value` overrides on top.
 Relative paths in the file are relative to the file's own folder, so a config means
 the same thing whatever directory `m1 data build` runs from. API keys never go in the
 file: a teacher names the environment variable that holds its key (`api_key_env`).
@@ -7,7 +8,6 @@ file: a teacher names the environment variable that holds its key (`api_key_env`
 from __future__ import annotations
 
 import dataclasses
-import json
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -168,101 +168,50 @@ def to_dict(obj) -> object:
     return obj
 
 
-def load_config(path: str | Path) -> DataConfig:
-    path = Path(path)
-    if not path.is_file():
-        raise M1Error(f"data config {path} does not exist; give the path of a YAML file such as "
-                      "configs/data/example.yaml")
-    text = path.read_text(encoding="utf-8")
-    try:
-        if path.suffix == ".json":
-            raw = json.loads(text)
-        else:
-            import yaml
+def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> DataConfig:
+    """The data config from its file and `key=value` overrides (dotted: dedup.ngram=8), through
+    m1's one config loader (m1.configfile); late stages' settings are checked here too."""
+    from m1.configfile import build, gather
 
-            raw = yaml.safe_load(text)
-    except ImportError:
-        raise M1Error("reading YAML configs needs PyYAML: pip install 'm1[data]' "
-                      "(or write the config as .json)") from None
-    except Exception as e:  # yaml.YAMLError / JSONDecodeError: their text names line and column
-        raise M1Error(f"{path}: not valid YAML/JSON ({' '.join(str(e).split())}); fix the syntax") from None
-    if not isinstance(raw, dict):
-        raise M1Error(f"{path}: the top level must be a mapping of settings (out_dir, collect, dedup, ...)")
-    raw.setdefault("out_dir", f"runs/data/{path.stem}")
-    cfg = build(DataConfig, raw, str(path))
+    path = Path(path)
+    layers = gather(path, overrides, what="data config")
+    layers.data.setdefault("out_dir", f"runs/data/{path.stem}")
+    cfg = build(DataConfig, layers)
     # Settings of late stages are checked now, not after hours of teacher calls.
     from m1.curation.selection import check_set
 
     names = [s.name for s in cfg.select.sets]
     if not names or len(set(names)) != len(names) or "data" in names:
         raise M1Error(f"{path}: select.sets names {names}: give at least one set, each with its own name (not 'data')")
-    for s in cfg.select.sets:
+    for st in cfg.select.sets:
         try:
-            check_set(s)
+            check_set(st)
         except M1Error as e:
             raise M1Error(f"{path}: {e}") from None
     if cfg.difficulty.chunk_size < 1:
         raise M1Error(f"{path}: difficulty.chunk_size is {cfg.difficulty.chunk_size}; give the questions per "
                       "engine call (>= 1)")
-    return resolve_paths(cfg, path.parent)
+    return resolve_paths(cfg, path.parent, layers.from_cli)
 
 
-def build(cls, raw: object, where: str):
-    """A dataclass from a mapping, checking names and the simple types on the way."""
-    if not isinstance(raw, dict):
-        raise M1Error(f"{where}: expected a mapping for {cls.__name__}, got {type(raw).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - names)
-    if "api_key" in unknown:
-        raise M1Error(f"{where}: api_key must not be written in a config; put the key in an environment "
-                      "variable and name it with api_key_env")
-    if unknown:
-        raise M1Error(f"{where}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
-    values = {k: _value(hints[k], v, f"{where}: {k}") for k, v in raw.items()}
-    try:
-        return cls(**values)
-    except TypeError as e:
-        raise M1Error(f"{where}: {e}; see configs/data/example.yaml") from None
+def resolve_paths(cfg: DataConfig, base: Path,
+                  from_cli: typing.Callable[[str], bool] = lambda key: False) -> DataConfig:
+    """Paths relative to the config file's folder (those given on the command line: to the current
+    one); hub ids and absent tokenizer names stay as they are."""
 
-
-def _value(hint, value, where: str):
-    if value is None:
-        return None
-    args = typing.get_args(hint)
-    if type(None) in args:  # Optional[X]
-        hint = next(a for a in args if a is not type(None))
-        args = typing.get_args(hint)
-    if dataclasses.is_dataclass(hint):
-        return build(hint, value, where)
-    if typing.get_origin(hint) is tuple:
-        if isinstance(value, str):
-            value = [value]
-        if not isinstance(value, list):
-            raise M1Error(f"{where}: expected a list, got {type(value).__name__}")
-        return tuple(_value(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if (hint in (int, float, str, bool, dict) and not isinstance(value, hint)
-            or (hint is int and isinstance(value, bool))):
-        raise M1Error(f"{where}: expected {hint.__name__}, got {value!r}")
-    return value
-
-
-def resolve_paths(cfg: DataConfig, base: Path) -> DataConfig:
-    """Paths relative to the config file's folder; hub ids and absent tokenizer names stay as they are."""
-
-    def p(x: str | None) -> str | None:
-        return None if x is None else str((base / Path(x).expanduser()).resolve())
+    def p(x: str | None, key: str) -> str | None:
+        folder = Path.cwd() if from_cli(key) else base
+        return None if x is None else str((folder / Path(x).expanduser()).resolve())
 
     rep = dataclasses.replace
-    sources = tuple(rep(s, path=p(s.path)) for s in cfg.collect.sources)
+    sources = tuple(rep(s, path=p(s.path, f"collect.sources.{i}.path")) for i, s in enumerate(cfg.collect.sources))
     tok = cfg.format.tokenizer
-    if tok is not None and (base / tok).exists():
-        tok = p(tok)
-    return rep(cfg, out_dir=p(cfg.out_dir),
+    if tok is not None and ((Path.cwd() if from_cli("format.tokenizer") else base) / tok).exists():
+        tok = p(tok, "format.tokenizer")
+    return rep(cfg, out_dir=p(cfg.out_dir, "out_dir"),
                collect=rep(cfg.collect, sources=sources),
-               dedup=rep(cfg.dedup, eval_files=tuple(p(f) for f in cfg.dedup.eval_files),
-                         data_dir=p(cfg.dedup.data_dir)),
-               distill=rep(cfg.distill, cache=p(cfg.distill.cache)),
+               dedup=rep(cfg.dedup, eval_files=tuple(p(f, f"dedup.eval_files.{i}") or f
+                                                     for i, f in enumerate(cfg.dedup.eval_files)),
+                         data_dir=p(cfg.dedup.data_dir, "dedup.data_dir")),
+               distill=rep(cfg.distill, cache=p(cfg.distill.cache, "distill.cache")),
                format=rep(cfg.format, tokenizer=tok))

@@ -32,6 +32,10 @@ class GenRequest:
     temperature: float = 0.0  # 0 means greedy
     top_p: float = 1.0
     seed: int | None = None
+    # Ask for the log-probabilities of these option letters at the answer position (the
+    # first generated token naming one of them); see engines/probes.py. Empty: no probe,
+    # and the engine does no extra work.
+    option_letters: tuple[str, ...] = ()
 
 
 @dataclass
@@ -52,6 +56,12 @@ class GenResult:
     # "exact" when the ids came from the engine itself; "retokenized" when a server
     # gave only text and the ids were recovered by tokenizing it (documented fallback).
     token_source: str = "exact"
+    # For a request with option_letters (see engines/probes.py): letter -> log-probability
+    # at the answer position, `token_ids[option_position]` (< stop_index); None when the
+    # engine gives none or no generated token names a letter. Letters the engine could not
+    # score (outside a server's top-k) are absent.
+    option_logprobs: dict[str, float] | None = None
+    option_position: int | None = None
 
 
 @runtime_checkable

@@ -3,6 +3,8 @@
 Generation is our own decode loop over one KV cache for a left-padded batch, so each
 request gets its own cap, stops and seeded sampler, and the ids we report are exactly
 the ids we fed back. A GGUF file is dequantized by transformers (it needs `gguf`).
+Option-letter probes (engines/probes.py) are read from the full logits of the answer
+position's step, as in the llama.cpp engine.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Sequence
 
+from m1.engines import probes
 from m1.engines.base import BatchedSubmit, GenRequest, GenResult, StopMatcher
 from m1.errors import M1Error, first_line
 
@@ -67,6 +70,7 @@ class HFEngine(BatchedSubmit):
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
         self.model_name = model
         self._sha256: str | dict | None = None
+        self._letter_ids: dict[tuple[str, ...], dict[str, tuple[int, ...]]] = {}
 
     # -- text <-> ids ---------------------------------------------------------------
     def tokenize(self, text: str) -> list[int]:
@@ -135,6 +139,11 @@ class HFEngine(BatchedSubmit):
         gens = [_generator(torch, r) for r in reqs]
         out: list[list[int]] = [[] for _ in reqs]
         done: list[GenResult | None] = [None] * n
+        # option-letter probes: (position, logprobs) once found, per request that asks
+        found: list[tuple[int, dict[str, float]] | None] = [None] * n
+        for r in reqs:
+            if r.option_letters and tuple(r.option_letters) not in self._letter_ids:
+                self._letter_ids[tuple(r.option_letters)] = probes.letter_token_ids(self.tokenize, r.option_letters)
         for i, r in enumerate(reqs):
             if r.max_new_tokens <= 0:
                 done[i] = GenResult([], "", "length", 0)
@@ -154,11 +163,21 @@ class HFEngine(BatchedSubmit):
                     tok = _pick(torch, logits[i], r, gens[i])
                     out[i].append(tok)
                     nxt.append(tok)
+                    if r.option_letters and found[i] is None \
+                            and probes.letter_of(self.detokenize([tok]), r.option_letters) is not None:
+                        ids = self._letter_ids[tuple(r.option_letters)]
+                        found[i] = (len(out[i]) - 1, probes.from_logits(logits[i].cpu().numpy(), ids))
                     stop = matchers[i].push(tok)
+                    res = None
                     if stop is not None:
-                        done[i] = GenResult(out[i], self.detokenize(out[i]), "stop", matchers[i].stop_index, stop)
+                        res = GenResult(out[i], self.detokenize(out[i]), "stop", matchers[i].stop_index, stop)
                     elif len(out[i]) >= r.max_new_tokens:
-                        done[i] = GenResult(out[i], self.detokenize(out[i]), "length", len(out[i]))
+                        res = GenResult(out[i], self.detokenize(out[i]), "length", len(out[i]))
+                    if res is not None:
+                        probe = found[i]
+                        if probe is not None and probe[0] < res.stop_index:  # before the stop
+                            res.option_position, res.option_logprobs = probe
+                        done[i] = res
                 step_ids = torch.tensor(nxt, dtype=torch.long, device=self.device)[:, None]
                 mask = torch.cat([mask, torch.ones((n, 1), dtype=mask.dtype, device=self.device)], dim=1)
         return done  # type: ignore[return-value]

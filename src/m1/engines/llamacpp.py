@@ -16,6 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
+from m1.engines import probes
 from m1.engines.base import FinishReason, GenRequest, GenResult, SteppedEngine, StopMatcher, common_prefix
 from m1.errors import M1Error
 
@@ -50,6 +51,16 @@ class _Queued:
 
 
 @dataclass
+class _Probe:
+    """A request's option-letter probe (engines/probes.py): filled at the answer position."""
+
+    letters: tuple[str, ...]
+    ids: dict[str, tuple[int, ...]]  # each letter's single-token spellings
+    position: int | None = None
+    logprobs: dict[str, float] | None = None
+
+
+@dataclass
 class _Active:
     token: object
     request: GenRequest
@@ -57,6 +68,7 @@ class _Active:
     matcher: StopMatcher
     rng: np.random.Generator | None
     generated: list[int] = field(default_factory=list)
+    probe: _Probe | None = None
 
 
 def _llama_cpp():
@@ -186,7 +198,9 @@ class LlamaCppEngine(SteppedEngine, GGUFTokenizer):
                                   ("n_batch", n_batch, 1), ("n_threads", n_threads or 1, 1)):
             if not isinstance(value, int) or isinstance(value, bool) or value < least:
                 raise M1Error(f"--engine-opt {opt}={value!r}: must be a whole number >= {least}")
-        super().__init__(model or embedded_model_path(), verbose=verbose)
+        from m1.models import resolve_model  # a file, or a name `m1 models` lists
+
+        super().__init__(resolve_model(model), verbose=verbose)
         lc = self._lc
         self.n_slots, self.n_batch, self.batch_invariant = n_slots, n_batch, batch_invariant
         self.ctx_per_slot = ctx_per_slot
@@ -210,6 +224,7 @@ class LlamaCppEngine(SteppedEngine, GGUFTokenizer):
         self._pending: list[_Queued] = []
         self._active: dict[int, _Active] = {}
         self._order = 0
+        self._letter_ids: dict[tuple[str, ...], dict[str, tuple[int, ...]]] = {}
         self._start_queue(n_slots)
         self._sha256: str | None = None
         # llamafile's sgemm serves multi-row matmuls, vec_dot single rows: the two round
@@ -297,7 +312,13 @@ class LlamaCppEngine(SteppedEngine, GGUFTokenizer):
         rng = np.random.default_rng(req.seed) if req.temperature > 0 else None
         matcher = StopMatcher(req.stop_token_ids, req.stop_strings, self.detokenize)
         self.meter.count(context=len(q.prompt) - keep, requests=1)
-        return _Active(q.token, req, q.prompt[keep:], matcher, rng)
+        probe = None
+        if req.option_letters:
+            letters = tuple(req.option_letters)
+            if letters not in self._letter_ids:
+                self._letter_ids[letters] = probes.letter_token_ids(self.tokenize, letters)
+            probe = _Probe(letters, self._letter_ids[letters])
+        return _Active(q.token, req, q.prompt[keep:], matcher, rng, probe=probe)
 
     def _step(self, active: dict[int, _Active]):
         """One llama_decode over every active slot; yields (slot, state) that sampled a token."""
@@ -334,7 +355,15 @@ class LlamaCppEngine(SteppedEngine, GGUFTokenizer):
         for slot, row in sampling:
             st = active[slot]
             logits = np.ctypeslib.as_array(lc.llama_get_logits_ith(self._ctx, row), shape=(self.n_vocab,))
-            st.generated.append(_sample(logits, st.request, st.rng))
+            tok = _sample(logits, st.request, st.rng)
+            st.generated.append(tok)
+            probe = st.probe
+            # Only requests that ask for a probe do anything more, and only until it is found:
+            # reading this step's logits changes nothing that is decoded.
+            if probe is not None and probe.position is None and probes.letter_of(
+                    self._piece(tok).decode("utf-8", errors="replace"), probe.letters) is not None:
+                probe.position = len(st.generated) - 1
+                probe.logprobs = probes.from_logits(logits, probe.ids)
             self.meter.count(generated=1)
             yield slot, st
 
@@ -350,8 +379,12 @@ class LlamaCppEngine(SteppedEngine, GGUFTokenizer):
             st.to_feed.append(tok)
             return None
         del self._active[slot]
+        probe = st.probe
+        found = probe is not None and probe.position is not None and probe.position < idx
         return st.token, GenResult(token_ids=list(st.generated), text=self.detokenize(st.generated),
-                                   finish_reason=reason, stop_index=idx, matched_stop=stop)
+                                   finish_reason=reason, stop_index=idx, matched_stop=stop,
+                                   option_logprobs=probe.logprobs if found and probe else None,
+                                   option_position=probe.position if found and probe else None)
 
     def close(self) -> None:
         if getattr(self, "_ctx", None):

@@ -31,12 +31,23 @@ tokens, so when its model id is a local .gguf file we read that file's vocabular
 Stop token ids go as `stop_token_ids` (vLLM/SGLang) and also as stop strings of their
 text, so a server without that extension still stops. The API key is read from the
 environment variable named by `api_key_env` at each request; it is never stored.
+
+Option-letter probes (a request with `option_letters`, see engines/probes.py) come from the
+server's top-k log-probabilities of each generated token: `logprobs: TOP_K` on
+/v1/completions (vLLM, SGLang, llama-cpp-python), `n_probs: TOP_K` on llama-server's
+/completion (its `top_logprobs`, from the full distribution, plus the sampled token's own
+logprob), `logprobs: 5` (OpenAI's cap) for any other server. A text-path server that refuses
+(llama-cpp-python's answers HTTP 500 when started with `--logits_all false`) is asked once:
+the request is resent without, and that server is never asked again. Letters outside the
+top-k are absent from the result. With retokenized ids the probe is kept only where the
+server's tokens before the answer position spell exactly the text of our ids before it.
 """
 from __future__ import annotations
 
 import asyncio
 import http.client
 import json
+import math
 import os
 import socket
 import sys
@@ -50,6 +61,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Sequence
 
+from m1.engines import probes
 from m1.engines.base import GenRequest, GenResult, LoadMeter, StreamingGenerate
 from m1.engines.vllm_engine import locate_stop
 from m1.errors import M1Error, first_line
@@ -78,6 +90,7 @@ class _Server:
     capacity: int
     in_flight: int = 0
     alive: bool = True
+    logprobs: bool = True  # False once a generic server refused a logprobs request
 
     @property
     def root(self) -> str:
@@ -150,7 +163,8 @@ class OpenAIEngine(StreamingGenerate):
         self._local = load_tokenizer(self.tokenizer_source) if self.tokenizer_source else None
         self._bos: int | None | bool = False  # False: not looked up yet
         self._props: dict | None = None
-        self._pieces: dict[int, str] = {}  # stop token id -> its text
+        self._pieces: dict[int, str] = {}  # token id -> its text (stop tokens, probed answers)
+        self._letter_ids: dict[tuple[str, ...], dict[str, tuple[int, ...]]] = {}
         self._eos: tuple[int, ...] | None = None
         self._tokenizer_sha256: str | None = None
 
@@ -427,13 +441,17 @@ class OpenAIEngine(StreamingGenerate):
             body.update(include_stop_str_in_output=True, logprobs=0, return_tokens_as_token_ids=True)
         else:
             body.update(no_stop_trim=True)  # SGLang's name for the same
+        if req.option_letters:
+            body["logprobs"] = probes.TOP_K
         resp = self._call("POST", srv.base_url + "/completions", body)
         choice = resp["choices"][0]
         ids = _ids_from_choice(choice)
         if ids is None:
-            return self._from_text(req, choice, resp.get("usage"))
-        hint = choice.get("stop_reason", choice.get("matched_stop"))
-        return self._from_ids(req, ids, choice.get("finish_reason"), hint)
+            res = self._from_text(req, choice, resp.get("usage"))
+        else:
+            hint = choice.get("stop_reason", choice.get("matched_stop"))
+            res = self._from_ids(req, ids, choice.get("finish_reason"), hint)
+        return self._probe(req, res, _completion_steps(choice.get("logprobs")))
 
     def _llama_server(self, srv: _Server, req: GenRequest) -> GenResult:
         body = {"prompt": list(req.prompt_ids), "n_predict": req.max_new_tokens, "stop": self._stop_texts(req),
@@ -441,6 +459,8 @@ class OpenAIEngine(StreamingGenerate):
                 # only temperature and top_p shape sampling, as in the other engines
                 "top_k": 0, "min_p": 0.0, "typical_p": 1.0, "repeat_penalty": 1.0,
                 **self._sampling(req)}
+        if req.option_letters:  # top_logprobs of every generated token, from the full distribution
+            body.update(n_probs=probes.TOP_K, post_sampling_probs=False)
         resp = self._call("POST", srv.root + "/completion", body)
         evaluated = (resp.get("timings") or {}).get("prompt_n")
         if isinstance(evaluated, int):
@@ -448,11 +468,13 @@ class OpenAIEngine(StreamingGenerate):
         ids = resp.get("tokens") or [p["id"] for p in resp.get("completion_probabilities") or []]
         stop_type = resp.get("stop_type")
         finish = "length" if stop_type in ("limit", "none", None) else "stop"
+        steps = _llama_server_steps(resp.get("completion_probabilities"))
         if not ids:  # a build without return_tokens: only text came back
-            return self._from_text(req, {"text": resp.get("content", ""), "finish_reason": finish,
-                                         "stop_reason": resp.get("stopping_word") or None}, None)
+            res = self._from_text(req, {"text": resp.get("content", ""), "finish_reason": finish,
+                                        "stop_reason": resp.get("stopping_word") or None}, None)
+            return self._probe(req, res, steps)
         hint = resp.get("stopping_word") or (ids[-1] if stop_type == "eos" else None)
-        return self._from_ids(req, list(ids), finish, hint)
+        return self._probe(req, self._from_ids(req, list(ids), finish, hint), steps)
 
     def _text_completion(self, srv: _Server, req: GenRequest) -> GenResult:
         ids = list(req.prompt_ids)
@@ -463,12 +485,84 @@ class OpenAIEngine(StreamingGenerate):
                 "stop": self._stop_texts(req) or None, **self._sampling(req)}
         if srv.kind == "llama-cpp-python":  # its defaults: top_k 40, min_p 0.05, repeat_penalty 1.1
             body.update(top_k=0, min_p=0.0, repeat_penalty=1.0)
-        resp = self._call("POST", srv.base_url + "/completions", body)
+        # Asked until the server refuses (llama-cpp-python's HTTP 500 without logits_all)
+        ask = bool(req.option_letters) and srv.logprobs
+        if ask:
+            k = probes.TOP_K if srv.kind == "llama-cpp-python" else 5  # 5: OpenAI's cap
+            try:
+                resp = self._call("POST", srv.base_url + "/completions", {**body, "logprobs": k})
+            except ServerDown:
+                raise
+            except M1Error as e:
+                if "answered HTTP" not in str(e):
+                    raise  # a timeout or a malformed answer: not a refusal
+                srv.logprobs = False  # it does not do logprobs: ask without, and never again
+                ask = False
+        if not ask:
+            resp = self._call("POST", srv.base_url + "/completions", body)
         choice = resp["choices"][0]
         got = _ids_from_choice(choice)
         if got is not None:
-            return self._from_ids(req, got, choice.get("finish_reason"), choice.get("stop_reason"))
-        return self._from_text(req, choice, resp.get("usage"))
+            res = self._from_ids(req, got, choice.get("finish_reason"), choice.get("stop_reason"))
+        else:
+            res = self._from_text(req, choice, resp.get("usage"))
+        return self._probe(req, res, _completion_steps(choice.get("logprobs")) if ask else [])
+
+    # -- option-letter probes (engines/probes.py) -------------------------------------------
+    def _piece(self, token: int) -> str:
+        if token not in self._pieces:
+            self._pieces[token] = self.detokenize([token])
+        return self._pieces[token]
+
+    def _letter_token_ids(self, letters: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
+        if letters not in self._letter_ids:
+            self._letter_ids[letters] = probes.letter_token_ids(self.tokenize, letters)
+        return self._letter_ids[letters]
+
+    def _probe(self, req: GenRequest, res: GenResult, steps: list[_Step]) -> GenResult:
+        """`res` with the probe read from the server's per-token log-probabilities (`steps`,
+        one per token it generated, in order)."""
+        letters = tuple(req.option_letters)
+        if not letters or not steps:
+            return res
+        texts = [text for _, text, _ in steps]
+        if res.token_source == "exact":
+            pos = None
+            for i in range(min(res.stop_index, len(steps))):
+                tid, text, _ = steps[i]
+                if tid is not None and tid != res.token_ids[i]:
+                    return res  # the server's list does not follow its ids: no probe
+                piece = text if text is not None else self._piece(res.token_ids[i])
+                if probes.letter_of(piece, letters) is not None:
+                    pos = i
+                    break
+            if pos is None:
+                return res
+            ours = pos
+        else:  # retokenized: find the server's position, then ours where the texts agree
+            if any(t is None for t in texts):
+                return res
+            pos = probes.find_position(texts, letters, len(texts))  # type: ignore[arg-type]
+            if pos is None:
+                return res
+            before = "".join(texts[:pos])  # type: ignore[arg-type]
+            ours = -1
+            for q in range(res.stop_index):
+                text = self.detokenize(res.token_ids[:q])
+                if text == before:
+                    ours = q
+                    break
+                if len(text) > len(before):
+                    break
+            if not 0 <= ours < res.stop_index or \
+                    probes.letter_of(self._piece(res.token_ids[ours]), letters) != probes.letter_of(texts[pos] or "",
+                                                                                                  letters):
+                return res
+        entries = steps[pos][2]
+        ids = self._letter_token_ids(letters) if any(t is not None for t, _, _ in entries) \
+            else {letter: () for letter in letters}
+        res.option_position, res.option_logprobs = ours, probes.from_top(entries, ids)
+        return res
 
     def _from_ids(self, req: GenRequest, ids: list[int], finish: str | None, hint) -> GenResult:
         """Exact ids from the server: find where the stop begins, if one fired."""
@@ -559,6 +653,69 @@ def _ids_from_choice(choice: dict) -> list[int] | None:
     if content and all(isinstance(c, dict) and "id" in c for c in content):
         return [int(c["id"]) for c in content]
     return None
+
+
+# One generated token as a server reports it: (id or None, text or None, top-k entries
+# (id or None, text or None, logprob), the sampled token's own entry included).
+_Step = tuple[int | None, str | None, list[tuple[int | None, str | None, float]]]
+
+
+def _split_token(token: object) -> tuple[int | None, str | None]:
+    """vLLM's `return_tokens_as_token_ids` spells tokens "token_id:N"; others give their text."""
+    if isinstance(token, str) and token.startswith("token_id:") and token[9:].lstrip("-").isdigit():
+        return int(token[9:]), None
+    return None, token if isinstance(token, str) else None
+
+
+def _completion_steps(lp: object) -> list[_Step]:
+    """Per-token log-probabilities of an OpenAI /v1/completions choice (vLLM, SGLang, others):
+    `tokens`, `token_logprobs`, `top_logprobs` (a {token: logprob} per token), or a chat-style
+    `content` list."""
+    if not isinstance(lp, dict):
+        return []
+    steps: list[_Step] = []
+    content = lp.get("content")
+    if isinstance(content, list):
+        for c in content:
+            if not isinstance(c, dict):
+                return []
+            tid, text = _split_token(c.get("token"))
+            entries = [(*_split_token(t.get("token")), t.get("logprob")) for t in c.get("top_logprobs") or []
+                       if isinstance(t, dict)]
+            steps.append((tid, text, [*entries, (tid, text, c.get("logprob"))]))  # type: ignore[list-item]
+        return steps
+    tokens, tops, own = lp.get("tokens"), lp.get("top_logprobs"), lp.get("token_logprobs")
+    if not isinstance(tokens, list):
+        return []
+    for i, token in enumerate(tokens):
+        tid, text = _split_token(token)
+        top = tops[i] if isinstance(tops, list) and i < len(tops) and isinstance(tops[i], dict) else {}
+        entries = [(*_split_token(k), v) for k, v in top.items()]
+        if isinstance(own, list) and i < len(own):
+            entries.append((tid, text, own[i]))
+        steps.append((tid, text, entries))  # type: ignore[arg-type]
+    return steps
+
+
+def _llama_server_steps(probs: object) -> list[_Step]:
+    """llama-server's `completion_probabilities`: {id, token, logprob, top_logprobs: [...]} per
+    token (older builds: {content, probs: [{tok_str, prob}]}, probabilities)."""
+    if not isinstance(probs, list):
+        return []
+    steps: list[_Step] = []
+    for e in probs:
+        if not isinstance(e, dict):
+            return []
+        if "top_logprobs" in e:
+            entries = [(t.get("id"), t.get("token"), t.get("logprob")) for t in e["top_logprobs"] or []
+                       if isinstance(t, dict)]
+            entries.append((e.get("id"), e.get("token"), e.get("logprob")))
+            steps.append((e.get("id"), e.get("token"), entries))  # type: ignore[arg-type]
+        else:
+            entries = [(None, t.get("tok_str"), math.log(t["prob"]) if t.get("prob", 0) > 0 else -math.inf)
+                       for t in e.get("probs") or [] if isinstance(t, dict)]
+            steps.append((None, e.get("content"), entries))  # type: ignore[arg-type]
+    return steps
 
 
 def _error_text(raw: bytes) -> str:

@@ -4,7 +4,9 @@ Requests go straight to vLLM's scheduler (`LLM.llm_engine`: `add_request`, then 
 until they finish), so every request that is ready is in vLLM's continuous batch at once
 and a finished sequence's place is taken at the next step, exactly as `vllm serve` does.
 vLLM reports the ids it generated, so budgets stay exact. It is an optional extra
-(`pip install 'm1[vllm]'`) and is imported only when this engine is built.
+(`pip install 'm1[vllm]'`) and is imported only when this engine is built. Option-letter
+probes (engines/probes.py) come from vLLM's logprobs: the top `probes.TOP_K` tokens of the
+answer position (raw model distribution) plus the sampled one.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import itertools
 from importlib import metadata
 from typing import Sequence
 
+from m1.engines import probes
 from m1.engines.base import GenRequest, GenResult, SteppedEngine
 from m1.errors import M1Error
 
@@ -19,7 +22,9 @@ from m1.errors import M1Error
 def build_sampling_kwargs(req: GenRequest) -> dict:
     """`SamplingParams` keyword arguments for one request (pure: testable without vLLM)."""
     greedy = req.temperature <= 0
+    extra = {"logprobs": probes.TOP_K} if req.option_letters else {}  # the option-letter probe
     return {
+        **extra,
         "n": 1,
         "max_tokens": req.max_new_tokens,
         "temperature": 0.0 if greedy else float(req.temperature),
@@ -96,6 +101,7 @@ class VLLMEngine(SteppedEngine):
         self._tok = self._llm.get_tokenizer()
         self._running: dict[str, tuple[object, GenRequest]] = {}  # vLLM request id -> (token, request)
         self._ids = itertools.count()
+        self._letter_ids: dict[tuple[str, ...], dict[str, tuple[int, ...]]] = {}
         self._start_queue(max_num_seqs)
 
     # -- text <-> ids ---------------------------------------------------------------
@@ -154,7 +160,10 @@ class VLLMEngine(SteppedEngine):
             if not out.finished or out.request_id not in self._running:
                 continue
             token, req = self._running.pop(out.request_id)
-            result = to_result(out.outputs[0], req, self.detokenize)
+            letters = tuple(req.option_letters)
+            if letters and letters not in self._letter_ids:
+                self._letter_ids[letters] = probes.letter_token_ids(self.tokenize, letters)
+            result = to_result(out.outputs[0], req, self.detokenize, self._letter_ids.get(letters))
             self.meter.count(generated=len(result.token_ids), requests=1)
             finished.append((token, result))
         self.meter.set(min(len(self._running), self.capacity))
@@ -171,15 +180,24 @@ class VLLMEngine(SteppedEngine):
         self._llm = None
 
 
-def to_result(out, req: GenRequest, detokenize) -> GenResult:
-    """Map a vLLM `CompletionOutput` to a GenResult (ids are vLLM's own: exact)."""
+def to_result(out, req: GenRequest, detokenize, letter_ids: probes.LetterIds | None = None) -> GenResult:
+    """Map a vLLM `CompletionOutput` to a GenResult (ids are vLLM's own: exact); with
+    `letter_ids` (the request's option letters' token ids) the probe from `out.logprobs`."""
     ids = list(out.token_ids)
     if out.finish_reason != "stop":  # "length" (or "abort": treated as a cut-off)
-        return GenResult(ids, out.text, "length", len(ids))
-    reason = out.stop_reason  # int: a stop token id; str: a stop string; None: EOS
-    if reason is None:
-        reason = ids[-1] if ids else None
-    idx = locate_stop(ids, reason, detokenize) if reason is not None else None
-    if idx is None:  # cannot happen with include_stop_str_in_output; stay safe
-        idx = max(len(ids) - 1, 0)
-    return GenResult(ids, out.text, "stop", idx, matched_stop=reason)
+        result = GenResult(ids, out.text, "length", len(ids))
+    else:
+        reason = out.stop_reason  # int: a stop token id; str: a stop string; None: EOS
+        if reason is None:
+            reason = ids[-1] if ids else None
+        idx = locate_stop(ids, reason, detokenize) if reason is not None else None
+        if idx is None:  # cannot happen with include_stop_str_in_output; stay safe
+            idx = max(len(ids) - 1, 0)
+        result = GenResult(ids, out.text, "stop", idx, matched_stop=reason)
+    if req.option_letters and letter_ids is not None and getattr(out, "logprobs", None):
+        pos = probes.find_position((detokenize([t]) for t in ids), req.option_letters, result.stop_index)
+        if pos is not None and pos < len(out.logprobs) and out.logprobs[pos]:
+            top = out.logprobs[pos]  # {token id: Logprob}: the top-k and the sampled token
+            got = probes.from_top(((int(t), None, getattr(lp, "logprob", lp)) for t, lp in top.items()), letter_ids)
+            result.option_position, result.option_logprobs = pos, got
+    return result

@@ -1,8 +1,12 @@
-"""Accuracy with a confidence interval, and per-run averages, from per-question records."""
+"""Accuracy with a confidence interval, and per-run averages, from traces."""
 from __future__ import annotations
 
 import math
-from typing import Iterable, Mapping
+from collections import defaultdict
+from typing import TYPE_CHECKING, Iterable
+
+if TYPE_CHECKING:
+    from m1.runs import Trace
 
 Z_95 = 1.959964  # two-sided 95% normal quantile
 
@@ -29,17 +33,29 @@ def wilson_interval(k: int, n: int, z: float = Z_95) -> tuple[float, float]:
     return lo, hi
 
 
-def summarize(records: Iterable[Mapping]) -> dict:
-    """Run-level numbers from records with correct, outcome, thinking_tokens,
-    answer_tokens and hit_budget.
+COLUMNS = ["source", "budget", "n", "accuracy", "ci_low", "ci_high", "unparsed_rate",
+           "mean_thinking_tokens", "mean_answer_tokens", "hit_budget_rate"]
+
+
+def compute_metrics(traces: Iterable[Trace]) -> list[dict]:
+    """One row per (source, budget), sorted."""
+    groups: dict[tuple[str, int], list[Trace]] = defaultdict(list)
+    for t in traces:
+        groups[(t.source, t.budget)].append(t)
+    return [{"source": s, "budget": b, **summarize(ts)} for (s, b), ts in sorted(groups.items())]
+
+
+def summarize(records: Iterable[Trace]) -> dict:
+    """Run-level numbers from traces (correct, outcome, thinking_tokens, answer_tokens,
+    hit_budget).
 
     Rates are fractions in [0, 1]. With no records, n is 0, the interval is (0, 1)
     and every mean or rate is nan (there is nothing to average; 0 would look like a result).
     """
     records = list(records)
     n = len(records)
-    n_correct = sum(bool(r["correct"]) for r in records)
-    n_unparsed = sum(r["outcome"] == "unparsed" for r in records)
+    n_correct = sum(r.correct for r in records)
+    n_unparsed = sum(r.outcome == "unparsed" for r in records)
     lo, hi = wilson_interval(n_correct, n)
 
     def mean(values: Iterable[float]) -> float:
@@ -52,7 +68,7 @@ def summarize(records: Iterable[Mapping]) -> dict:
         "ci_low": lo,
         "ci_high": hi,
         "unparsed_rate": n_unparsed / n if n else math.nan,
-        "mean_thinking_tokens": mean(r["thinking_tokens"] for r in records),
-        "mean_answer_tokens": mean(r["answer_tokens"] for r in records),
-        "hit_budget_rate": mean(bool(r["hit_budget"]) for r in records),
+        "mean_thinking_tokens": mean(r.thinking_tokens for r in records),
+        "mean_answer_tokens": mean(r.answer_tokens for r in records),
+        "hit_budget_rate": mean(r.hit_budget for r in records),
     }

@@ -1,24 +1,79 @@
-"""metrics.json, a Markdown and CSV table, and the accuracy-against-budget plot."""
+"""The one report path: tables, plots, analyses and report.html for one or more runs.
+
+`m1 eval`, `m1 report`, `m1 regrade` and `m1 compare --out` all end here, and so does a notebook:
+
+    run = m1.Run.load("runs/medqa-...")
+    rep = m1.report([run], "out/")
+    rep.sections[0].figures  # matplotlib Figures
+
+Metrics are computed from the traces, never read back from an older metrics.json, so a
+report of a run that is still going counts exactly the traces it holds.
+"""
 from __future__ import annotations
 
 import csv
 import json
-from collections import defaultdict
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from m1.reporting.metrics import summarize
-from m1.reporting.plots import describe, plot_accuracy
+from m1.errors import M1Error
+from m1.reporting import html, plots
+from m1.reporting.metrics import COLUMNS, compute_metrics
+from m1.reporting.sections import Analysis, Section, Table
+from m1.runs import METRICS, Run
 
-COLUMNS = ["source", "budget", "n", "accuracy", "ci_low", "ci_high", "unparsed_rate",
-           "mean_thinking_tokens", "mean_answer_tokens", "hit_budget_rate"]
+
+@dataclass
+class Report:
+    out: Path
+    runs: list[Run]
+    rows: list[dict]  # one per (run, source, budget); "run" names the run when there are several
+    sections: list[Section]
+    files: list[Path] = field(default_factory=list)
 
 
-def compute_metrics(records: list[dict]) -> list[dict]:
-    """One row per (source, budget), sorted."""
-    groups: dict[tuple[str, int], list[dict]] = defaultdict(list)
-    for r in records:
-        groups[(r["source"], r["budget"])].append(r)
-    return [{"source": s, "budget": b, **summarize(rs)} for (s, b), rs in sorted(groups.items())]
+def report(runs: list[Run], out: str | Path, grader: str | None = None,
+           analyses: list[Analysis] | None = None) -> Report:
+    """Write every table, plot and section for `runs` into `out`; returns what was written.
+
+    grader: re-grade every run with it first (None keeps each run's own grades).
+    analyses: which sections to compute (default: all of m1.reporting.analyses.ANALYSES)."""
+    from m1.reporting.analyses import ANALYSES
+
+    if not runs:
+        raise M1Error("nothing to report: no runs given")
+    if grader:
+        runs = [run.regraded(grader) for run in runs]
+    _unique_names(runs)
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise M1Error(f"cannot create the report folder {out}: {err.strerror}") from None
+    several = len(runs) > 1
+    rows = [{"run": run.name, **row} if several else row for run in runs for row in compute_metrics(run.traces)]
+    files = _write_table(out / "table", ["run"] + COLUMNS if several else COLUMNS, rows, _main_markdown(runs))
+
+    figures = plots.figures(runs)
+    sections = [s for s in (a(runs) for a in (ANALYSES if analyses is None else analyses)) if s is not None]
+    pngs: dict[str, bytes] = {}
+    for key, fig in figures.items():
+        pngs[key] = plots.png_bytes(fig)
+        files.append(_save(pngs[key], out / plots.FILES[key]))
+    section_pngs: dict[str, bytes] = {}
+    for s in sections:
+        for t in s.tables:
+            files += _write_table(out / t.name, t.columns, t.rows, t.markdown())
+        for stem, fig in s.figures.items():
+            section_pngs[stem] = plots.png_bytes(fig)
+            files.append(_save(section_pngs[stem], out / f"{stem}.png"))
+    md = [_main_markdown(runs)] + [s.markdown() for s in sections]
+    files.append(_write_text(out / "report.md", "\n".join(md)))
+    if not several and out.resolve() == runs[0].path.resolve():
+        files.append(_write_metrics(runs[0], rows))
+    files.append(html.write_html(out / "report.html", runs, pngs, sections, section_pngs))
+    return Report(out, runs, rows, sections, files)
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -32,26 +87,56 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_reports(run_dir: Path, records: list[dict], cfg, load: dict | None = None) -> dict:
-    """Table, CSV, metrics.json and the plot. `load`: the engine's occupancy, tokens/s and
-    context evaluated while this invocation generated (kept from before when it generated nothing)."""
-    rows = compute_metrics(records)
-    metrics: dict = {"rows": rows, "n_records": len(records)}
-    old = run_dir / "metrics.json"
-    if load is None and old.exists():
-        try:
-            load = json.loads(old.read_text()).get("engine_load")
-        except (ValueError, AttributeError):
-            load = None
-    if load:
-        metrics["engine_load"] = load
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    (run_dir / "table.md").write_text(markdown_table(rows))
-    with open(run_dir / "table.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS)
+def _main_markdown(runs: list[Run]) -> str:
+    if len(runs) == 1:
+        return markdown_table(compute_metrics(runs[0].traces))
+    return "\n".join(f"### {run.name}\n\n{plots.describe(run.config)}\n\n{markdown_table(compute_metrics(run.traces))}"
+                     for run in runs)
+
+
+def _unique_names(runs: list[Run]) -> None:
+    """Two folders of one name (runs/a/x, runs/b/x) get their parent in the label."""
+    names = [r.name for r in runs]
+    for r in runs:
+        if names.count(r.name) > 1:
+            r.name = f"{r.path.resolve().parent.name}/{r.name}"
+    seen: dict[str, int] = {}
+    for r in runs:
+        seen[r.name] = seen.get(r.name, 0) + 1
+        if seen[r.name] > 1:
+            r.name += f" #{seen[r.name]}"
+
+
+def _write_table(stem: Path, columns: list[str], rows: list[dict], markdown: str) -> list[Path]:
+    """<stem>.csv (every column) and <stem>.md."""
+    csv_path = stem.with_name(stem.name + ".csv")
+    tmp = csv_path.with_name(csv_path.name + ".tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         w.writeheader()
-        w.writerows({k: r[k] for k in COLUMNS} for r in rows)
-    if rows:
-        title = describe({"model": cfg.model, "format": cfg.format, "engine": cfg.engine})
-        plot_accuracy(rows, run_dir / "accuracy_vs_budget.png", title)
-    return metrics
+        w.writerows(rows)
+    os.replace(tmp, csv_path)
+    return [csv_path, _write_text(stem.with_name(stem.name + ".md"), markdown)]
+
+
+def _write_text(path: Path, text: str) -> Path:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def _save(data: bytes, path: Path) -> Path:
+    plots.save_png(data, path)
+    return path
+
+
+def _write_metrics(run: Run, rows: list[dict]) -> Path:
+    """metrics.json in the run's own folder: the table's rows, the grader and the engine's load."""
+    metrics: dict = {"rows": rows, "n_records": len(run.traces), "grader": run.grader}
+    if run.engine_load:
+        metrics["engine_load"] = run.engine_load
+    return _write_text(run.path / METRICS, json.dumps(metrics, indent=2))
+
+
+__all__ = ["Report", "Table", "markdown_table", "report"]

@@ -1,7 +1,7 @@
 """Uncertainty for benchmark accuracies: intervals, averages over sources, paired tests, seeds.
 
-Everything here is a pure function over lists of records (dicts with at least source,
-budget, id and correct) or over lists of booleans. Bootstraps are seeded, so a report
+Everything here is a pure function over traces (m1.runs.Trace: source, budget, id and
+correct are used) or over lists of booleans. Bootstraps are seeded, so a report
 recomputed from the same traces gives the same intervals.
 
 Why these choices:
@@ -22,11 +22,14 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from m1.reporting.metrics import wilson_interval
+
+if TYPE_CHECKING:
+    from m1.runs import Trace
 
 N_BOOT = 2000
 
@@ -95,14 +98,14 @@ class SeedSummary:
 
 # ---- one accuracy per (source, budget) ----
 
-def _groups(records: Iterable[Mapping]) -> dict[tuple[str, int], list[bool]]:
+def _groups(records: Iterable[Trace]) -> dict[tuple[str, int], list[bool]]:
     groups: dict[tuple[str, int], list[bool]] = defaultdict(list)
     for r in records:
-        groups[(r["source"], r["budget"])].append(bool(r["correct"]))
+        groups[(r.source, r.budget)].append(bool(r.correct))
     return dict(sorted(groups.items()))
 
 
-def accuracy_table(records: Iterable[Mapping]) -> list[Accuracy]:
+def accuracy_table(records: Iterable[Trace]) -> list[Accuracy]:
     rows = []
     for (source, budget), correct in _groups(records).items():
         k, n = sum(correct), len(correct)
@@ -113,7 +116,7 @@ def accuracy_table(records: Iterable[Mapping]) -> list[Accuracy]:
 
 # ---- macro / micro averages over sources ----
 
-def averages(records: Iterable[Mapping], n_boot: int = N_BOOT, seed: int = 0, alpha: float = 0.05) -> list[Averages]:
+def averages(records: Iterable[Trace], n_boot: int = N_BOOT, seed: int = 0, alpha: float = 0.05) -> list[Averages]:
     """Per budget: macro and micro average over sources, each with a stratified bootstrap interval."""
     by_budget: dict[int, dict[str, list[bool]]] = defaultdict(dict)
     for (source, budget), correct in _groups(records).items():
@@ -238,7 +241,7 @@ def across_seeds(values: Sequence[float]) -> SeedSummary:
     return SeedSummary(int(x.size), mean, std, float(x.min()), float(x.max()), mean - half, mean + half)
 
 
-def seeds_table(runs: Sequence[Sequence[Mapping]]) -> list[dict]:
+def seeds_table(runs: Sequence[Sequence[Trace]]) -> list[dict]:
     """Runs that differ only in seed -> one row per (source, budget), plus macro and micro
     rows per budget ("source" = "avg (macro)" / "all (micro)"), each summarising the
     per-seed accuracies. Only (source, budget) cells present in every run are used."""

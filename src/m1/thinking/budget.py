@@ -25,11 +25,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from dataclasses import dataclass, field, replace
-from typing import Literal, Sequence
+from typing import Callable, Literal, Sequence
 
 from m1.engines.base import Engine, GenRequest, GenResult, common_prefix, run_sync
 from m1.errors import M1Error
 from m1.thinking.formats import ReasoningFormat
+from m1.thinking.policies import BUDGET, NATURAL_END, Episode, Policy
 
 Ending = Literal["natural", "budget"]
 
@@ -91,6 +92,11 @@ class Answer:
     text: str
     finish_reason: str
     prefix: str  # the answer delimiter that was appended before generating
+    # The probe (engines/probes.py), when the question has option letters: letter ->
+    # log-probability at the answer position, ids[option_position]; None when the engine
+    # gives none or the answer names no letter.
+    option_logprobs: dict[str, float] | None = None
+    option_position: int | None = None
 
 
 def request_seed(base: int, *keys: object) -> int:
@@ -130,11 +136,18 @@ class BudgetController:
         return list(prompt_ids) + self.think_start_ids
 
     async def think_one(self, prompt: Sequence[int], key: str, budget: int | None = None,
-                        log: ContextLog | None = None) -> Thinking:
-        """One question's thinking under `budget` (default: params.budget), forcing as configured."""
+                        log: ContextLog | None = None, resume: Thinking | None = None) -> Thinking:
+        """One question's thinking under `budget` (default: params.budget), forcing as configured.
+
+        `resume`: thinking cut by a smaller budget, continued from where it stopped. Under
+        greedy decoding (and a batch-invariant engine) that gives the same ids as thinking
+        to `budget` in one go, since every request sees the same context up to each token."""
         budget = budget or self.params.budget
         p = self.params
         s = Thinking(ids=[], ended="budget")
+        if resume is not None:
+            s = Thinking(ids=list(resume.ids), ended="budget", forced_at=list(resume.forced_at),
+                         finish_reasons=list(resume.finish_reasons), generated=resume.generated)
         while len(s.ids) < budget:
             req = GenRequest(
                 prompt_ids=tuple(self.think_prompt(prompt) + s.ids),
@@ -171,8 +184,13 @@ class BudgetController:
             log.add(req, res)
         return res
 
-    def answer_request(self, prompt: Sequence[int], thinking: Thinking, key: str) -> GenRequest | None:
-        """The answer phase's request after `thinking`; None when the model already answered."""
+    def answer_request(self, prompt: Sequence[int], thinking: Thinking, key: str,
+                       option_letters: Sequence[str] = ()) -> GenRequest | None:
+        """The answer phase's request after `thinking`; None when the model already answered.
+
+        With `option_letters` (the keys of the item's options) the engine is asked for the
+        letters' log-probabilities at the answer position (engines/probes.py); that does
+        not change what is generated."""
         if not self.needs_answer_phase(thinking):
             return None
         p = self.params
@@ -186,6 +204,7 @@ class BudgetController:
             # The answer seed depends on the question only: the same context gets
             # the same answer whichever sweep method produced it.
             seed=request_seed(p.seed, key, "answer"),
+            option_letters=tuple(option_letters),
         )
 
     def _prefix_ids(self, text: str) -> list[int]:
@@ -194,12 +213,14 @@ class BudgetController:
         return self._prefix_cache[text]
 
     async def answers(self, prompt: Sequence[int], thinkings: Sequence[Thinking], key: str,
-                      log: ContextLog | None = None) -> list[Answer]:
+                      log: ContextLog | None = None, option_letters: Sequence[str] = ()) -> list[Answer]:
         """The answer after each of one question's thinkings; identical contexts are generated once.
 
         All are submitted together, longest context first: an engine that schedules them one
-        after another in the slot holding the thinking evaluates only each answer's new tokens."""
-        reqs = [self.answer_request(prompt, th, key) for th in thinkings]
+        after another in the slot holding the thinking evaluates only each answer's new tokens
+        (each capped at answer_max_tokens: a dense sweep costs one thinking pass plus short
+        answer phases over the reused prefix)."""
+        reqs = [self.answer_request(prompt, th, key, option_letters) for th in thinkings]
         unique = sorted({r.prompt_ids: r for r in reqs if r is not None}.values(), key=lambda r: -len(r.prompt_ids))
         results = await asyncio.gather(*(self._submit(r, log) for r in unique))
         by_ctx = dict(zip((r.prompt_ids for r in unique), results))
@@ -210,16 +231,22 @@ class BudgetController:
                 continue
             res = by_ctx[req.prompt_ids]
             ids = res.token_ids[: res.stop_index]
+            probed = res.option_logprobs is not None and res.option_position is not None \
+                and res.option_position < len(ids)
             out.append(Answer(ids=ids, text=self.engine.detokenize(ids), finish_reason=res.finish_reason,
-                              prefix=self.answer_prefix(th)))
+                              prefix=self.answer_prefix(th),
+                              option_logprobs=dict(res.option_logprobs) if probed and res.option_logprobs else None,
+                              option_position=res.option_position if probed else None))
         return out
 
     async def question(self, prompt: Sequence[int], key: str, budgets: Sequence[int], method: str = "cut",
-                       log: ContextLog | None = None) -> dict[int, tuple[Thinking, Answer]]:
+                       log: ContextLog | None = None,
+                       option_letters: Sequence[str] = ()) -> dict[int, tuple[Thinking, Answer]]:
         """One question's whole sweep: {budget: (thinking, answer)}.
 
         method "cut": think once at the largest budget and cut (exact, see module doc).
-        method "independent": think from scratch for each budget (the official way)."""
+        method "independent": think from scratch for each budget (the official way).
+        `option_letters`: the item's option letters, probed in every answer (answer_request)."""
         budgets = sorted(set(budgets), reverse=True)
         if method == "cut":
             longest = await self.think_one(prompt, key, budgets[0], log)
@@ -228,8 +255,40 @@ class BudgetController:
             thinkings = list(await asyncio.gather(*(self.think_one(prompt, key, b, log) for b in budgets)))
         else:
             raise M1Error(f"unknown sweep method {method!r}: use 'cut' or 'independent'")
-        answers = await self.answers(prompt, thinkings, key, log)
+        answers = await self.answers(prompt, thinkings, key, log, option_letters)
         return {b: (t, a) for b, t, a in zip(budgets, thinkings, answers)}
+
+    async def adaptive(self, prompt: Sequence[int], key: str, cap: int, policy: Policy,
+                       letter_of: Callable[[Thinking, Answer], str | None], log: ContextLog | None = None,
+                       option_letters: Sequence[str] = ()) -> tuple[Thinking, Answer, Episode, str]:
+        """One question under an adaptive policy: think to each checkpoint (every `policy.every`
+        tokens, up to `cap`), force an answer there, and stop when the policy says so.
+
+        Returns (thinking, answer, episode, why it stopped: policies.REASONS). Each probe is the
+        request the one-pass sweep makes at that budget, and the thinking is continued exactly
+        (think_one's `resume`), so under greedy decoding this stops where `policies.simulate`
+        stops on a sweep with a budget at every checkpoint, with the same answer."""
+        episode = Episode(policy, tuple(option_letters))
+        every = policy.every or cap
+        stops = list(range(every, cap + 1, every))
+        if not stops or stops[-1] != cap:
+            stops.append(cap)
+        s: Thinking | None = None
+        answer: Answer | None = None
+        for c in stops:
+            s = await self.think_one(prompt, key, c, log, resume=s)
+            answer = None
+            if s.ended == "natural":
+                (answer,) = await self.answers(prompt, [s], key, log, option_letters)
+                return s, answer, episode, NATURAL_END
+            if episode.checkpoint(len(s.ids), self.engine.detokenize(s.ids)):
+                (answer,) = await self.answers(prompt, [s], key, log, option_letters)
+                if episode.probe(letter_of(s, answer), answer.option_logprobs):
+                    return s, answer, episode, policy.reason
+        assert s is not None
+        if answer is None:  # the cap is no checkpoint: answer there
+            (answer,) = await self.answers(prompt, [s], key, log, option_letters)
+        return s, answer, episode, BUDGET
 
     # -- batch calls, for code that has a list of prompts ----------------------------------
     def think(self, prompts: Sequence[Sequence[int]], keys: Sequence[str], budget: int | None = None) -> list[Thinking]:
@@ -275,11 +334,16 @@ class ContextLog:
         self.contexts.append(prompt + list(res.token_ids[:-1]))
 
 
-def sweep(controller: BudgetController, prompts, keys, budgets: Sequence[int], method: str = "cut"):
+def sweep(controller: BudgetController, prompts, keys, budgets: Sequence[int], method: str = "cut",
+          option_letters: Sequence[Sequence[str]] | None = None):
     """Thinking and answers for every budget, every question in its own pipeline.
-    Returns {budget: (thinkings, answers)} in the order of `prompts`."""
+    Returns {budget: (thinkings, answers)} in the order of `prompts`. `option_letters`: each
+    question's option letters, to probe in its answers."""
+    letters = option_letters if option_letters is not None else [()] * len(prompts)
+
     async def all_():
-        return await asyncio.gather(*(controller.question(p, k, budgets, method) for p, k in zip(prompts, keys)))
+        return await asyncio.gather(*(controller.question(p, k, budgets, method, option_letters=o)
+                                      for p, k, o in zip(prompts, keys, letters)))
     per_question = run_sync(all_())
     return {b: ([q[b][0] for q in per_question], [q[b][1] for q in per_question])
             for b in sorted(set(budgets), reverse=True)}

@@ -1,4 +1,7 @@
-"""`m1 train CONFIG [key=value ...] [--launcher none|torchrun|accelerate] [--nproc N]`."""
+"""`m1 train CONFIG [key=value ...] [--launcher none|torchrun|accelerate] [--nproc N]`.
+
+`m1 train --config CONFIG [key=value ...]` is the same; `--print-config` shows the config as loaded.
+"""
 from __future__ import annotations
 
 import argparse
@@ -6,6 +9,7 @@ import os
 import shlex
 import subprocess
 
+from m1.configfile import add_config_option
 from m1.errors import M1Error
 from m1.training.launch import LAUNCHERS, build_command
 
@@ -15,8 +19,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "train", help="fine-tune a model on m1-format reasoning traces (SFT)",
         description="Supervised fine-tuning with the m1 recipe. CONFIG is a YAML file (see configs/train/); "
                     "key=value pairs override its fields, e.g. learning_rate=2e-5 max_steps=10.")
-    p.add_argument("config", help="training YAML, e.g. configs/train/example_cpu.yaml")
+    p.add_argument("config", nargs="?", help="training YAML, e.g. configs/train/example_cpu.yaml")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config fields to override")
+    add_config_option(p, "the training config, instead of CONFIG")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the config as loaded (YAML, autos unresolved) and run nothing")
     p.add_argument("--launcher", choices=LAUNCHERS, default="none",
                    help="none: this process; torchrun: DDP; accelerate: as --accelerate-config says (FSDP, ZeRO-3)")
     p.add_argument("--nproc", type=int, help="processes (GPUs) per node for torchrun / accelerate")
@@ -46,14 +53,23 @@ def export_main(args: argparse.Namespace) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
+    from m1.configfile import dump, split_args
     from m1.training.config import load_config
 
-    cfg = load_config(args.config, args.overrides)  # fail here, once, before any launcher starts ranks
+    tokens = ([args.config] if args.config else []) + list(args.overrides)
+    path, overrides = split_args(tokens, args.config_file)
+    if path is None:
+        raise M1Error("m1 train needs a config file: m1 train --config FILE.yaml [key=value ...] "
+                      "(e.g. configs/train/example_cpu.yaml)")
+    cfg = load_config(path, overrides)  # fail here, once, before any launcher starts ranks
+    if args.print_config:
+        print(dump(cfg), end="")
+        return 0
     cfg.check_complete()
     if args.launcher == "accelerate" and not args.accelerate_config:
         raise M1Error("--launcher accelerate needs --accelerate-config (configs/train/accelerate_fsdp.yaml "
                       "or accelerate_zero3.yaml)")
-    cmd = build_command(args.config, args.overrides, args.launcher, args.nproc, args.accelerate_config)
+    cmd = build_command(path, overrides, args.launcher, args.nproc, args.accelerate_config)
     if args.dry_run:
         import yaml
 

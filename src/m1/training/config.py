@@ -1,6 +1,6 @@
 """The training config: the m1 paper's SFT recipe as defaults, resolved once, saved.
 
-Values come from a YAML file, then `key=value` overrides from the command line. Fields
+Values come from a YAML file, then `key=value` overrides from the command line (m1.configfile). Fields
 left "auto" (dtype, attention, precision, gradient accumulation) are resolved for the
 machine and world size in `resolve()`; the resolved config is what `train_config.yaml`
 beside the checkpoints records, so a run can be read back exactly.
@@ -8,9 +8,7 @@ beside the checkpoints records, so a run can be read back exactly.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
-import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,97 +175,12 @@ class TrainConfig:
 
 # -- loading -----------------------------------------------------------------------------------
 def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> TrainConfig:
-    """A YAML file (optional) then `key=value` overrides; unknown keys and bad values -> M1Error."""
-    values: dict = {}
-    where = "command line"
-    if path is not None:
-        import yaml
+    """A YAML file (optional) then `key=value` overrides, read by m1's one config loader
+    (m1.configfile): unknown keys and bad values are one-line M1Errors."""
+    from m1.configfile import load_config as load
 
-        path = Path(path)
-        where = str(path)
-        if not path.is_file():
-            raise M1Error(f"train config not found: {path} "
-                          "(pass an existing YAML file, e.g. configs/train/example_cpu.yaml)")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            at = f" line {mark.line + 1}" if mark else ""
-            raise M1Error(f"{path}{at}: not valid YAML ({getattr(e, 'problem', e)}); fix the file") from None
-        if not isinstance(data, dict):
-            raise M1Error(f"{path}: expected a mapping of key: value, got {type(data).__name__}")
-        data.pop("_resolved", None)  # a saved train_config.yaml loads back as a config
-        values.update({k: (v, where) for k, v in data.items()})
-    for item in overrides:
-        if "=" not in item:
-            raise M1Error(f"override {item!r} is not key=value (e.g. learning_rate=2e-5)")
-        k, v = item.split("=", 1)
-        values[k.strip()] = (v, "command line")
-    return from_values(values)
-
-
-def from_values(values: dict[str, tuple[object, str]]) -> TrainConfig:
-    hints = typing.get_type_hints(TrainConfig)
-    kwargs = {}
-    for key, (raw, where) in values.items():
-        if key not in hints:
-            close = difflib.get_close_matches(key, list(hints), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(hints)}"
-            raise M1Error(f"{where}: unknown train config key {key!r}{hint}")
-        try:
-            kwargs[key] = _coerce(raw, hints[key])
-        except (TypeError, ValueError):
-            raise M1Error(f"{where}: {key}={raw!r} is not a valid {_type_name(hints[key])}") from None
-    return TrainConfig(**kwargs)
-
-
-def _coerce(raw, tp):
-    """A YAML or command-line value as the field's type (YAML reads 1e-5 as a string)."""
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if raw is None or (isinstance(raw, str) and raw.strip().lower() in ("none", "null", "~", "")):
-            if type(None) in args:
-                return None
-        errors = []
-        # bool first: "true" must not become the path "true" of a `bool | str` field
-        for sub in sorted((a for a in args if a is not type(None)), key=lambda a: a is not bool):
-            try:
-                return _coerce(raw, sub)
-            except (TypeError, ValueError) as e:
-                errors.append(e)
-        raise ValueError(errors)
-    if origin is tuple:
-        items = raw.split(",") if isinstance(raw, str) else list(raw)
-        return tuple(str(x).strip() for x in items if str(x).strip())
-    if tp is bool:
-        if isinstance(raw, bool):
-            return raw
-        text = str(raw).strip().lower()
-        if text in ("true", "yes", "on", "1"):
-            return True
-        if text in ("false", "no", "off", "0"):
-            return False
-        raise ValueError(raw)
-    if tp is int:
-        if isinstance(raw, bool):
-            raise TypeError(raw)
-        value = float(raw)
-        if value != int(value):
-            raise ValueError(raw)
-        return int(value)
-    if tp is float:
-        if isinstance(raw, bool):
-            raise TypeError(raw)
-        return float(raw)
-    if tp is str:
-        if isinstance(raw, (dict, list, bool)):
-            raise TypeError(raw)
-        return str(raw)
-    raise TypeError(tp)
-
-
-def _type_name(tp) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+    # `_resolved`: the facts a saved train_config.yaml records beside its settings, so it loads back
+    return load(TrainConfig, path, overrides, drop=("_resolved",), what="train config")
 
 
 def world_size() -> int:

@@ -1,0 +1,16 @@
+"""The report's analyses: each a function `list[Run] -> Section | None` (see reporting/sections.py).
+
+The report runs every one in ANALYSES, in this order; one that cannot answer its question from
+the given runs returns None and is left out.
+"""
+from __future__ import annotations
+
+from m1.reporting.analyses.domains import domains
+from m1.reporting.analyses.failures import failures
+from m1.reporting.analyses.forcing import forcing
+from m1.reporting.analyses.scaling import scaling
+from m1.reporting.analyses.seeds import seeds
+from m1.reporting.analyses.trajectory import adaptive, trajectory
+from m1.reporting.sections import Analysis
+
+ANALYSES: list[Analysis] = [scaling, forcing, domains, failures, trajectory, adaptive, seeds]
