@@ -55,3 +55,27 @@ def test_the_main_job_keeps_its_run_folder_across_versions():
 
     assert default_run_dir(EvalConfig().resolved()).name == "medqa-llamacpp-smollm2-135m-plain-96c0bae4"
     assert EvalConfig(grader="m1").resolved().fingerprint() == "96c0bae4"  # the grader is applied afterwards
+
+
+class _Described:
+    """Only what reconcile reads of an engine: its description."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def describe(self):
+        return {"engine": "llamacpp", "model": self.model}
+
+
+def test_an_engine_from_a_notebook_is_reconciled_with_the_config(tmp_path):
+    from m1.config import EvalConfig
+    from m1.engines.llamacpp import embedded_model_path
+    from m1.evaluate import default_run_dir, reconcile
+
+    other = reconcile(EvalConfig(), _Described(str(tmp_path / "Qwen2.5-0.5B.Q4_K_M.gguf")))
+    assert other.model.endswith("Qwen2.5-0.5B.Q4_K_M.gguf") and other.format == "m1"  # auto decided for that model
+    assert default_run_dir(other).name.startswith("medqa-llamacpp-Qwen2.5-0.5B.Q4_K_M-m1-")
+    embedded = reconcile(EvalConfig(), _Described(str(embedded_model_path())))
+    assert embedded.model is None and embedded.format == "plain"
+    assert reconcile(EvalConfig(format="s1"), _Described("/x/y.gguf")).format == "s1"  # what the user chose stays
+    assert reconcile(EvalConfig(), None).format == "plain"
