@@ -238,7 +238,9 @@ def across_seeds(values: Sequence[float]) -> SeedSummary:
         return SeedSummary(1, mean, 0.0, mean, mean, math.nan, math.nan)
     std = float(x.std(ddof=1))
     half = t95(x.size - 1) * std / math.sqrt(x.size)
-    return SeedSummary(int(x.size), mean, std, float(x.min()), float(x.max()), mean - half, mean + half)
+    # Accuracies live in [0, 1]; with 2-3 seeds the t interval easily reaches past either end.
+    return SeedSummary(int(x.size), mean, std, float(x.min()), float(x.max()), max(0.0, mean - half),
+                       min(1.0, mean + half))
 
 
 def seeds_table(runs: Sequence[Sequence[Trace]]) -> list[dict]:
