@@ -2,6 +2,8 @@
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -57,14 +59,9 @@ def test_the_main_job_keeps_its_run_folder_across_versions():
     assert EvalConfig(grader="m1").resolved().fingerprint() == "96c0bae4"  # the grader is applied afterwards
 
 
-class _Described:
+def _Described(model) -> Any:
     """Only what reconcile reads of an engine: its description."""
-
-    def __init__(self, model):
-        self.model = model
-
-    def describe(self):
-        return {"engine": "llamacpp", "model": self.model}
+    return SimpleNamespace(describe=lambda: {"engine": "llamacpp", "model": model})
 
 
 def test_an_engine_from_a_notebook_is_reconciled_with_the_config(tmp_path):
@@ -73,7 +70,7 @@ def test_an_engine_from_a_notebook_is_reconciled_with_the_config(tmp_path):
     from m1.evaluate import default_run_dir, reconcile
 
     other = reconcile(EvalConfig(), _Described(str(tmp_path / "Qwen2.5-0.5B.Q4_K_M.gguf")))
-    assert other.model.endswith("Qwen2.5-0.5B.Q4_K_M.gguf") and other.format == "m1"  # auto decided for that model
+    assert str(other.model).endswith("Qwen2.5-0.5B.Q4_K_M.gguf") and other.format == "m1"  # auto decided for that model
     assert default_run_dir(other).name.startswith("medqa-llamacpp-Qwen2.5-0.5B.Q4_K_M-m1-")
     embedded = reconcile(EvalConfig(), _Described(str(embedded_model_path())))
     assert embedded.model is None and embedded.format == "plain"
