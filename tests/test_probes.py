@@ -53,7 +53,7 @@ def test_bad_budgets_are_one_line_errors(spec, message):
 
 
 def test_config_takes_the_string_form_and_the_cli_the_same_parser():
-    from m1.cli import _budgets
+    from m1.config import budgets_arg as _budgets
 
     # the string form, as config files may give it (the field is typed as the parsed tuple)
     assert EvalConfig(budgets="32:128:32").budgets == (32, 64, 96, 128)  # type: ignore[arg-type]

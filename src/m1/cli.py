@@ -6,18 +6,8 @@ import json
 import sys
 import traceback
 
-from m1.config import EvalConfig
+from m1.config import EvalConfig, budgets_arg
 from m1.errors import M1Error
-
-
-def _budgets(text: str) -> tuple[int, ...]:
-    """--budgets: numbers and start:stop:step ranges, comma-separated (see config.parse_budgets)."""
-    from m1.config import parse_budgets
-
-    try:
-        return parse_budgets(text)
-    except M1Error as e:
-        raise argparse.ArgumentTypeError(str(e).removeprefix("--budgets: ")) from None
 
 
 def _kv(text: str) -> tuple[str, object]:
@@ -70,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--format", help="m1 | s1 | r1 | plain | auto (default: plain for the embedded model, m1 otherwise)")
     for name in DELIMITERS:
         e.add_argument(f"--{name.replace('_', '-')}", dest=name, help=f"custom {name} delimiter")
-    e.add_argument("--budgets", type=_budgets,
+    e.add_argument("--budgets", type=budgets_arg,
                    help="thinking budgets: numbers and start:stop:step ranges, e.g. 16,32:512:32,1024 "
                         f"(default {','.join(map(str, d.budgets))})")
     e.add_argument("--answer-max-tokens", type=int, help=f"default {d.answer_max_tokens}")

@@ -15,6 +15,7 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
+from m1.config import budgets_arg
 from m1.errors import M1Error
 from m1.grading import GRADERS
 from m1.reporting.stats import N_BOOT, Paired, paired_pooled
@@ -129,10 +130,7 @@ def _p(p: float) -> str:
 
 
 def _budget_list(text: str) -> list[int]:
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"budgets must be comma-separated integers, got {text!r}") from None
+    return list(budgets_arg(text))  # the --budgets syntax of m1 eval, ranges included
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:

@@ -52,6 +52,16 @@ def parse_budgets(spec: str | int | Iterable[int | str]) -> tuple[int, ...]:
     return tuple(sorted(out))
 
 
+def budgets_arg(text: str) -> tuple[int, ...]:
+    """parse_budgets for an argparse `type=`: a bad value becomes argparse's one-line error."""
+    import argparse
+
+    try:
+        return parse_budgets(text)
+    except M1Error as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("--budgets: ")) from None
+
+
 def _budget(value: object, what: str) -> int:
     """One positive whole number of tokens, from an int or a string of digits."""
     if isinstance(value, bool):

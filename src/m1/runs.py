@@ -205,6 +205,17 @@ def _question_from_prompt(trace: Trace, instruction: str | None, system_prompt: 
     return " ".join(text.split())
 
 
+def write_atomic(path: Path, data: str | bytes) -> Path:
+    """Write then rename, so a reader (or a crash) never sees half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    if isinstance(data, bytes):
+        tmp.write_bytes(data)
+    else:
+        tmp.write_text(data, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
 def _read_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -245,9 +256,7 @@ class RunDir:
                 raise M1Error(f"{self.path} holds a run with another config ({k}: {saved.get(k)!r} there, "
                               f"{now.get(k)!r} now); pass another --out or delete the folder")
         # The latest resolved config is what the report shows (its grader, its scheduling).
-        tmp = cfg_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"config": config, "environment": environment}, indent=2))
-        os.replace(tmp, cfg_file)
+        write_atomic(cfg_file, json.dumps({"config": config, "environment": environment}, indent=2))
 
     def load(self) -> list[dict]:
         """Finished records; drops a trailing partial line left by a crash."""

@@ -18,7 +18,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
@@ -27,7 +26,7 @@ from typing import Any, Sequence
 from m1.reporting import plots
 from m1.reporting.metrics import COLUMNS, compute_metrics
 from m1.reporting.sections import Section, Table, TraceLink
-from m1.runs import Run, Trace
+from m1.runs import Run, Trace, write_atomic
 
 # Record keys that belong to the question, not to one (question, budget) trace: stored once.
 QUESTION_KEYS = ("id", "source", "gold", "options", "prompt")
@@ -262,7 +261,4 @@ def write_html(path, runs: list[Run], images: dict[str, bytes] | None = None, se
         '<script type="application/json" id="m1-data">', data, "</script>\n",
         "<script>", script, "</script>\n</body>\n</html>\n",
     ])
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_atomic(path, page)

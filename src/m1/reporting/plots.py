@@ -2,13 +2,12 @@
 
 Every function takes a list of runs and returns a matplotlib Figure, so several runs overlay
 on the same axes and a notebook can show or restyle them; the report saves them as PNG
-(`save_png`). Runs are labelled by name only when there are several.
+(`png_bytes`, then runs.write_atomic). Runs are labelled by name only when there are several.
 """
 from __future__ import annotations
 
 import io
 import math
-import os
 from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -47,13 +46,6 @@ def png_bytes(fig: Figure) -> bytes:
     fig.savefig(buf, format="png")
     pyplot().close(fig)
     return buf.getvalue()
-
-
-def save_png(data: bytes, path: Path) -> None:
-    # Write then rename, so a reader never sees half a PNG.
-    tmp = path.with_suffix(".tmp.png")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def grid(n: int, width: float = 4.2, height: float = 3.2):

@@ -21,7 +21,7 @@ from m1.errors import M1Error
 from m1.reporting import html, plots
 from m1.reporting.metrics import COLUMNS, compute_metrics
 from m1.reporting.sections import Analysis, Section, Table
-from m1.runs import METRICS, Run
+from m1.runs import METRICS, Run, write_atomic
 
 
 @dataclass
@@ -60,16 +60,16 @@ def report(runs: list[Run], out: str | Path, grader: str | None = None,
     pngs: dict[str, bytes] = {}
     for key, fig in figures.items():
         pngs[key] = plots.png_bytes(fig)
-        files.append(_save(pngs[key], out / plots.FILES[key]))
+        files.append(write_atomic(out / plots.FILES[key], pngs[key]))
     section_pngs: dict[str, bytes] = {}
     for s in sections:
         for t in s.tables:
             files += _write_table(out / t.name, t.columns, t.rows, t.markdown())
         for stem, fig in s.figures.items():
             section_pngs[stem] = plots.png_bytes(fig)
-            files.append(_save(section_pngs[stem], out / f"{stem}.png"))
+            files.append(write_atomic(out / f"{stem}.png", section_pngs[stem]))
     md = [_main_markdown(runs)] + [s.markdown() for s in sections]
-    files.append(_write_text(out / "report.md", "\n".join(md)))
+    files.append(write_atomic(out / "report.md", "\n".join(md)))
     if not several and out.resolve() == runs[0].path.resolve():
         files.append(_write_metrics(runs[0], rows))
     files.append(html.write_html(out / "report.html", runs, pngs, sections, section_pngs))
@@ -116,19 +116,7 @@ def _write_table(stem: Path, columns: list[str], rows: list[dict], markdown: str
         w.writeheader()
         w.writerows(rows)
     os.replace(tmp, csv_path)
-    return [csv_path, _write_text(stem.with_name(stem.name + ".md"), markdown)]
-
-
-def _write_text(path: Path, text: str) -> Path:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
-
-
-def _save(data: bytes, path: Path) -> Path:
-    plots.save_png(data, path)
-    return path
+    return [csv_path, write_atomic(stem.with_name(stem.name + ".md"), markdown)]
 
 
 def _write_metrics(run: Run, rows: list[dict]) -> Path:
@@ -136,7 +124,7 @@ def _write_metrics(run: Run, rows: list[dict]) -> Path:
     metrics: dict = {"rows": rows, "n_records": len(run.traces), "grader": run.grader}
     if run.engine_load:
         metrics["engine_load"] = run.engine_load
-    return _write_text(run.path / METRICS, json.dumps(metrics, indent=2))
+    return write_atomic(run.path / METRICS, json.dumps(metrics, indent=2))
 
 
 __all__ = ["Report", "Table", "markdown_table", "report"]
