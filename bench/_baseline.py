@@ -2,7 +2,8 @@
 
   chunked    m1's controller before pipelines (a re-statement of the removed code path):
              8 questions at a time, all think, then all answer, then the next 8
-  pipelines  what `m1 eval` does: every question its own pipeline, `in_flight` at a time
+  pipelines  what `m1 eval` does: every question its own pipeline, `in_flight` started at once
+             (m1 eval: engines.base.open_questions)
 """
 from __future__ import annotations
 

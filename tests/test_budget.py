@@ -108,3 +108,84 @@ def test_thinking_records_which_stop_ended_it(engine, prompts, medqa_items):
     plain = BudgetController(engine, get_format("plain"), ThinkingParams(budget=4))
     for t in plain.think(prompts[:3], keys(medqa_items)[:3]):
         assert t.ended == "budget" and t.stop is None and len(t.ids) == 4
+
+
+def test_priority_gate_lets_the_lowest_in_first():
+    import asyncio
+
+    from m1.engines.base import PriorityGate
+
+    async def main():
+        gate = PriorityGate(2)
+        got = []
+
+        async def one(name, priority, hold):
+            await gate.enter(priority)
+            got.append(name)
+            await asyncio.sleep(hold)
+            gate.leave()
+
+        first = [asyncio.create_task(one(n, 9, 0.05)) for n in ("a", "b")]
+        await asyncio.sleep(0)  # both hold their places
+        late = [asyncio.create_task(one(n, p, 0)) for n, p in (("x", 4), ("y", -1), ("z", 4), ("w", 0))]
+        cancelled = asyncio.create_task(one("never", -5, 0))
+        await asyncio.sleep(0)
+        cancelled.cancel()  # a waiter that gives up passes nothing on and takes no place
+        await asyncio.gather(*first, *late)
+        assert got == ["a", "b", "y", "w", "x", "z"]
+        assert gate.held == 0
+
+    asyncio.run(main())
+
+
+def test_stages_continue_an_ignore_string_the_smaller_budget_cut(engine, prompts, medqa_items):
+    """The cut sweep thinks in stages that end at each budget. A multi-token ignore string that
+    one stage had to cut is completed by the next, as one request to the larger budget has it:
+    the sweep still equals independent runs, with budgets every few tokens so that some
+    forcing round straddles a stage boundary."""
+    ignore = " Wait, let me check that again."
+    ctl = BudgetController(engine, get_format("m1"), ThinkingParams(
+        budget=120, forcing_rounds=3, ignore_str=ignore, answer_max_tokens=6))
+    n = len(engine.tokenize(ignore))
+    assert n >= 5
+    budgets = list(range(3, 121, 3))
+    cut = sweep(ctl, prompts[:3], keys(medqa_items)[:3], budgets, "cut")
+    straddled = 0
+    for q in range(3):
+        longest = cut[120][0][q]
+        straddled += sum(1 for p in longest.forced_at for b in budgets if p < b < p + n)
+    assert straddled, "no forcing round crossed a budget: the test does not exercise the stage resume"
+    ind = sweep(ctl, prompts[:3], keys(medqa_items)[:3], [6, 60, 120], "independent")
+    for b in (6, 60, 120):
+        for (t1, a1), (t2, a2) in zip(zip(*cut[b]), zip(*ind[b])):
+            assert (t1.ids, t1.ended, t1.forced_at) == (t2.ids, t2.ended, t2.forced_at)
+            assert (a1.ids, a1.prefix) == (a2.ids, a2.prefix)
+
+
+def test_each_budgets_answer_is_sent_while_the_thinking_goes_on(engine, prompts, medqa_items):
+    """An answer for a small budget is submitted before the thinking to the largest budget has
+    returned, with priority -1; thinking stages carry the ids thought so far."""
+    events = []
+    submit = engine.submit
+
+    async def watch(req):
+        kind = "answer" if req.priority == -1 else "think"
+        events.append(("send", kind, req.priority))
+        res = await submit(req)
+        events.append(("done", kind, req.priority))
+        return res
+
+    engine.submit = watch  # an instance attribute shadows the method
+    try:
+        # forcing keeps the thinking going to the largest budget
+        ctl = BudgetController(engine, get_format("m1"), ThinkingParams(budget=64, forcing_rounds=8,
+                                                                       answer_max_tokens=4))
+        out = sweep(ctl, prompts[:1], keys(medqa_items)[:1], [8, 16, 64], "cut")
+    finally:
+        del engine.submit
+    assert [len(out[b][0][0].ids) for b in (8, 16, 64)] == [8, 16, 64]
+    thinks = [p for e, k, p in events if e == "send" and k == "think"]
+    assert thinks[0] == 0 and thinks == sorted(thinks) and {8, 16} <= set(thinks)  # a stage per budget
+    first_answer = events.index(next(e for e in events if e[:2] == ("send", "answer")))
+    last_think_done = max(i for i, e in enumerate(events) if e[:2] == ("done", "think"))
+    assert first_answer < last_think_done

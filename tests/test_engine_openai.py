@@ -266,3 +266,34 @@ def test_a_server_that_refuses_logprobs_is_asked_once(tmp_path):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_waiting_requests_reach_the_server_lowest_priority_first(server, monkeypatch):
+    """Past `concurrency` requests wait in the client; the lowest GenRequest.priority is sent
+    first (answers, then the least-advanced thinking), whatever the order they came in."""
+    eng = OpenAIEngine(base_url=server, concurrency=2)
+    sent = []
+    routed = eng._routed
+
+    def record(req):
+        sent.append(req.priority)
+        return routed(req)
+
+    monkeypatch.setattr(eng, "_routed", record)
+    p = chat_prompt(eng, "Name a bone.")
+    reqs = [GenRequest(p, 6, priority=100), GenRequest(p, 6, priority=100)]  # these two hold the places
+    reqs += [GenRequest(p, 2, priority=pr) for pr in (5, 0, 3, -1, 3)]
+    out = eng.generate(reqs)
+    assert sent == [100, 100, -1, 0, 3, 3, 5]
+    assert [len(r.token_ids) for r in out] == [6, 6, 2, 2, 2, 2, 2]  # each result still reaches its caller
+    eng.close()
+
+
+def test_open_questions_default_and_bad_values(server):
+    eng = OpenAIEngine(base_url=server, concurrency=4)
+    # llama-cpp-python's server keeps no prefix cache across requests: one question per request
+    assert eng.open_questions == eng.capacity == 4
+    assert OpenAIEngine(base_url=server, concurrency=4, open_questions=12).open_questions == 12
+    for bad in (0, -3, 2.5, True, "8"):
+        with pytest.raises(M1Error, match="open_questions"):
+            OpenAIEngine(base_url=server, open_questions=bad)  # type: ignore[arg-type]

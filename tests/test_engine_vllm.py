@@ -142,6 +142,11 @@ def fake_vllm(monkeypatch):
     setattr(mod, "LLM", LLM)  # noqa: B010 (a module built at run time)
     setattr(mod, "SamplingParams", lambda **kw: SimpleNamespace(**kw))  # noqa: B010
     monkeypatch.setitem(sys.modules, "vllm", mod)
+
+    def no_hub(*_, **__):  # "stand-in" is no hub id: fail as offline, not after the hub's retries
+        raise OSError("stand-in model: no generation_config")
+
+    monkeypatch.setattr("transformers.GenerationConfig.from_pretrained", no_hub)
     return mod
 
 
@@ -203,3 +208,32 @@ def test_option_letters_ask_vllm_for_logprobs_and_map_them():
     # the letter only inside the stop (here the EOS-like last token): no probe
     r = to_result(SimpleNamespace(**{**vars(out), "token_ids": (0, 3), "logprobs": logprobs[2:4]}), req, det, ids)
     assert r.stop_index == 1 and r.option_logprobs is None
+
+
+def test_vllm_engine_starts_waiting_requests_lowest_priority_first(fake_vllm):
+    """Past max_num_seqs, requests wait in m1, not in vLLM's first-come queue: the lowest
+    priority is handed to vLLM first; with prefix caching (a paused question costs nothing)
+    three times max_num_seqs questions are kept started."""
+    eng = VLLMEngine("stand-in", max_num_seqs=2)
+    try:
+        assert eng.open_questions == 6
+        sched = eng._llm.llm_engine
+        added = []
+        add = sched.add_request
+
+        def record(rid, prompt, params):
+            added.append(prompt["prompt_token_ids"][0])
+            add(rid, prompt, params)
+
+        sched.add_request = record
+        # the first number of each prompt names the request; all six arrive at once
+        reqs = [GenRequest((90 + i, 1), 8, priority=50) for i in range(2)]
+        reqs += [GenRequest((pr + 10, 2), 3, priority=pr) for pr in (7, 1, 4, -1)]
+        out = eng.generate(reqs)
+        assert added == [9, 11, 14, 17, 90, 91]  # by priority, then arrival
+        for req, res in zip(reqs, out):  # each result reached its own caller
+            assert len(res.token_ids) == req.max_new_tokens
+            assert res.token_ids == [(sum(req.prompt_ids) * 31 + k * 7) % 50 + 1 for k in range(req.max_new_tokens)]
+    finally:
+        eng.close()
+    assert VLLMEngine("stand-in", max_num_seqs=2, enable_prefix_caching=False).open_questions == 2

@@ -14,7 +14,7 @@ M1_INSTRUCTION = "Return your final response within \\boxed{}."
 # Engine options that only decide how the work is scheduled, never what is computed: a run
 # resumed with other values (more requests in flight, other replicas) continues the same run.
 SCHEDULING_OPTIONS = ("n_slots", "n_threads", "n_batch", "concurrency", "base_url", "timeout",
-                      "skip_unreachable", "max_num_seqs", "batch_size", "api_key_env")
+                      "skip_unreachable", "max_num_seqs", "batch_size", "api_key_env", "open_questions")
 
 
 MAX_BUDGETS = 1000  # a sweep of more budgets is almost surely a typo in a range

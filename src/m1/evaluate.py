@@ -9,7 +9,7 @@ from typing import Callable, Protocol
 from m1.benchmarks.items import Item
 from m1.config import EvalConfig
 from m1.engines import Engine, make_engine
-from m1.engines.base import bounded, common_prefix, load_between, run_sync
+from m1.engines.base import bounded, common_prefix, load_between, open_questions, run_sync
 from m1.errors import M1Error
 from m1.grading import get_grader
 from m1.runs import Run, RunDir, Trace, package_versions
@@ -131,8 +131,9 @@ def reconcile(cfg: EvalConfig, engine: Engine | None) -> EvalConfig:
 
 
 class _Pipelines:
-    """Every question its own pipeline; `engine.capacity` questions in flight, the next one
-    started the moment one finishes; each question's records appended (fsync) as it finishes."""
+    """Every question its own pipeline; `open_questions(engine)` of them started at once (the
+    engine's capacity, more on a server with a prefix cache), the next one started the moment
+    one finishes; each question's records appended (fsync) as it finishes."""
 
     def __init__(self, engine, controller, cfg, run, done, progress):
         self.engine, self.controller, self.cfg, self.run_dir = engine, controller, cfg, run
@@ -188,7 +189,7 @@ class _Pipelines:
         def last_start() -> None:  # from here on no question is left to start
             marks["last_start"] = meter.reading()
 
-        await bounded([functools.partial(one, it) for it in todo], self.engine.capacity, last_start)
+        await bounded([functools.partial(one, it) for it in todo], open_questions(self.engine), last_start)
         end = meter.reading()
         load = load_between(start, end, meter.capacity)
         load["while_questions_remain"] = load_between(start, marks.get("last_start", end), meter.capacity)

@@ -6,12 +6,18 @@ text, so an engine must report exactly which tokens it generated.
 Requests arrive as a stream: `await engine.submit(request)` returns when that request is
 done, whatever else is in flight, so each question advances on its own and the engine
 is refilled the moment a sequence finishes. `capacity` is how many requests the engine
-can usefully hold at once (slots, a server's batch); the caller keeps that many in
-flight. `generate(list)` is the same thing for code that wants a plain batch call.
+can usefully hold at once (slots, a server's batch). `open_questions` (see
+`open_questions()`) is how many questions the caller keeps started: the capacity, or more
+where the engine keeps the prefixes of requests that are not running (a server's prefix
+cache), so that more requests wait than run and the engine picks among them by
+`GenRequest.priority`. `generate(list)` is the same thing for code that wants a plain
+batch call.
 """
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +42,12 @@ class GenRequest:
     # first generated token naming one of them); see engines/probes.py. Empty: no probe,
     # and the engine does no extra work.
     option_letters: tuple[str, ...] = ()
+    # Which waiting request the engine starts first when more wait than it can run: lower
+    # first, then in arrival order. It changes when a request runs, never what it generates,
+    # so it is not part of the request's identity. The controller gives a question's next
+    # thinking stage the number of ids it has thought so far (least-advanced first: the
+    # questions that will think longest are not left to start last) and answers -1.
+    priority: int = field(default=0, compare=False)
 
 
 @dataclass
@@ -190,6 +202,44 @@ async def bounded(jobs: Sequence[Callable[[], Awaitable[T]]], limit: int,
             return await job()
 
     return list(await asyncio.gather(*(one(k, job) for k, job in enumerate(jobs))))
+
+
+def open_questions(engine: Engine) -> int:
+    """How many questions to keep started at once on `engine`: its `open_questions` where it
+    sets one (servers with a prefix cache), else its capacity."""
+    return max(1, int(getattr(engine, "open_questions", engine.capacity)))
+
+
+class PriorityGate:
+    """At most `limit` holders at once; waiters get in lowest priority first, then in arrival
+    order. Bound to the event loop it was made on."""
+
+    def __init__(self, limit: int):
+        self.limit, self.held = limit, 0
+        self.loop = asyncio.get_running_loop()
+        self._waiting: list[tuple[int, int, asyncio.Future]] = []
+        self._arrival = itertools.count()
+
+    async def enter(self, priority: int) -> None:
+        if self.held < self.limit and not self._waiting:
+            self.held += 1
+            return
+        fut = self.loop.create_future()
+        heapq.heappush(self._waiting, (priority, next(self._arrival), fut))
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():  # handed the place, then cancelled: pass it on
+                self.leave()
+            raise
+
+    def leave(self) -> None:
+        while self._waiting:
+            fut = heapq.heappop(self._waiting)[2]
+            if not fut.done():
+                fut.set_result(None)  # the place goes straight to the waiter: `held` stays
+                return
+        self.held -= 1
 
 
 async def submit_all(engine: Engine, requests: Sequence[GenRequest]) -> list[GenResult]:

@@ -71,7 +71,18 @@ class _Active:
     probe: _Probe | None = None
 
 
+# ggml's CPU backend serves K-quant matrix products (Q4_K, Q6_K, ...) of 8 rows or more
+# with a tiled kernel and smaller ones with per-row dot products; the two round
+# differently, so with K-quant weights (Qwen2.5's Q4_K_M mixes: ffn_down is Q6_K) a
+# sequence's tokens would depend on how many rows its batch mates add. ggml reads this
+# switch once per process, at its first product, so it is set before anything is
+# computed; a value the user set is kept (and recorded by describe()). Measured: the
+# plain kernels cost no speed here (bench numbers in the README).
+TILED_MM = "GGML_CPU_TILED_MM"
+
+
 def _llama_cpp():
+    os.environ.setdefault(TILED_MM, "0")
     try:
         import llama_cpp
     except ImportError:
@@ -237,7 +248,8 @@ class LlamaCppEngine(SteppedEngine, GGUFTokenizer):
         return {"engine": self.name, "model": str(self.path), "model_sha256": self._sha256,
                 "llama_cpp_python": getattr(self._lc, "__version__", "?"),
                 "n_slots": self.n_slots, "capacity": self.capacity, "ctx_per_slot": self.ctx_per_slot,
-                "batch_invariant": self.batch_invariant, "llamafile_kernels": self.llamafile}
+                "batch_invariant": self.batch_invariant, "llamafile_kernels": self.llamafile,
+                "tiled_kquant_kernels": os.environ.get(TILED_MM) != "0"}
 
     # -- generation (all on the worker thread, see SteppedEngine) ------------------------
     def check_request(self, r: GenRequest) -> None:
@@ -283,7 +295,8 @@ class LlamaCppEngine(SteppedEngine, GGUFTokenizer):
         self.meter.set(0)
 
     def _admit(self) -> None:
-        """Fill free slots: the (slot, request) pair sharing the longest cached prefix first."""
+        """Fill free slots: the (slot, request) pair sharing the longest cached prefix first,
+        then the request of lowest priority (GenRequest.priority), then the oldest."""
         free = [s for s in range(self.n_slots) if s not in self._active]
         while free and self._pending:
             best = None
@@ -293,7 +306,8 @@ class LlamaCppEngine(SteppedEngine, GGUFTokenizer):
                 elsewhere = max((common_prefix(self._slot_tokens[t], q.prompt) for t in self._active), default=0)
                 if elsewhere > shared + AFFINITY_MARGIN:
                     continue  # its context is in a busy slot: wait for it
-                if best is None or (shared, -q.order) > (best[0], -best[2].order):
+                if best is None or (shared, -q.request.priority, -q.order) > \
+                        (best[0], -best[2].request.priority, -best[2].order):
                     best = (shared, here, q)
             if best is None:
                 break

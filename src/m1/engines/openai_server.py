@@ -62,7 +62,7 @@ from pathlib import Path
 from typing import Sequence
 
 from m1.engines import probes
-from m1.engines.base import GenRequest, GenResult, LoadMeter, StreamingGenerate
+from m1.engines.base import GenRequest, GenResult, LoadMeter, PriorityGate, StreamingGenerate
 from m1.engines.vllm_engine import locate_stop
 from m1.errors import M1Error, first_line
 
@@ -75,6 +75,12 @@ EXACT = ("vllm", "sglang", "llama-server")
 # GPU); llama-server's own slot count (read from /props); llama-cpp-python's server runs one
 # request at a time; an unknown server gets a moderate number.
 DEFAULT_CAPACITY = {"vllm": 256, "sglang": 256, "llama-server": 8, "llama-cpp-python": 2, "generic": 64}
+# Questions kept started per request in flight, by default. vLLM and SGLang keep the KV of
+# finished requests in a shared prefix cache, so a question can pause between thinking
+# stages at no cost and the least-advanced ones go first: the long thinkers are then not the
+# last to start, which shortens the end of a run (bench/gpu_sim.py). llama-server caches a
+# prompt per slot only, and the others not at all: one question per request there.
+OPEN_PER_SLOT = {"vllm": 3, "sglang": 3}
 
 
 class ServerDown(M1Error):
@@ -109,13 +115,18 @@ class OpenAIEngine(StreamingGenerate):
 
     def __init__(self, model: str | None = None, base_url: str | list[str] = "http://127.0.0.1:8000/v1",
                  api_key_env: str = "OPENAI_API_KEY", tokenizer: str | None = None, concurrency: int | None = None,
-                 timeout: float = 600, server: str | None = None, skip_unreachable: bool = False):
+                 timeout: float = 600, server: str | None = None, skip_unreachable: bool = False,
+                 open_questions: int | None = None):
         if server is not None and server not in SERVERS:
             raise M1Error(f"unknown server kind {server!r}: choose one of {', '.join(SERVERS)}")
         if concurrency is not None and (not isinstance(concurrency, int) or isinstance(concurrency, bool)
                                         or concurrency < 1):
             raise M1Error(f"--engine-opt concurrency={concurrency!r}: must be a whole number >= 1 "
                           "(requests in flight per server)")
+        if open_questions is not None and (not isinstance(open_questions, int) or isinstance(open_questions, bool)
+                                           or open_questions < 1):
+            raise M1Error(f"--engine-opt open_questions={open_questions!r}: must be a whole number >= 1 "
+                          "(questions kept started at once)")
         if not isinstance(timeout, (int, float)) or timeout <= 0:
             raise M1Error(f"--engine-opt timeout={timeout!r}: must be a positive number of seconds")
         urls = base_url if isinstance(base_url, (list, tuple)) else str(base_url).split(",")
@@ -153,9 +164,11 @@ class OpenAIEngine(StreamingGenerate):
         if not self._servers:
             raise M1Error(f"no server in --base-url answers ({', '.join(urls)}); start them or fix the list")
         self.capacity = sum(s.capacity for s in self._servers)
+        self.open_questions = open_questions or sum(OPEN_PER_SLOT.get(s.kind, 1) * s.capacity for s in self._servers)
         self.meter = LoadMeter(self.capacity)
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
+        self._gate: PriorityGate | None = None  # `capacity` requests on the wire, by priority
         self.tokenizer_source = tokenizer
         if tokenizer is None and self.server == "llama-cpp-python" and str(self.model).endswith(".gguf") \
                 and Path(str(self.model)).is_file():
@@ -350,7 +363,8 @@ class OpenAIEngine(StreamingGenerate):
         info: dict[str, object] = {"engine": self.name, "model": self.model, "base_url": self.base_url,
                 "servers": [{"base_url": s.base_url, "server": s.kind, "capacity": s.capacity} for s in self._servers],
                 "server": self.server, "token_source": "exact" if self.server in EXACT else "retokenized",
-                "tokenizer": self.tokenizer_source, "capacity": self.capacity}
+                "tokenizer": self.tokenizer_source, "capacity": self.capacity,
+                "open_questions": self.open_questions}
         if self.server == "llama-server":
             info["server_build"] = self._llama_server_props().get("build_info")
         if self.server == "vllm":
@@ -377,7 +391,15 @@ class OpenAIEngine(StreamingGenerate):
     async def submit(self, request: GenRequest) -> GenResult:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.capacity, thread_name_prefix="m1-openai")
-        res = await asyncio.get_running_loop().run_in_executor(self._pool, self._routed, request)
+        loop = asyncio.get_running_loop()
+        if self._gate is None or self._gate.loop is not loop:
+            self._gate = PriorityGate(self.capacity)
+        gate = self._gate
+        await gate.enter(request.priority)
+        try:
+            res = await loop.run_in_executor(self._pool, self._routed, request)
+        finally:
+            gate.leave()
         self.meter.count(generated=len(res.token_ids), requests=1)
         return res
 

@@ -10,6 +10,7 @@ answer position (raw model distribution) plus the sampled one.
 """
 from __future__ import annotations
 
+import heapq
 import itertools
 from importlib import metadata
 from typing import Sequence
@@ -100,6 +101,11 @@ class VLLMEngine(SteppedEngine):
             raise M1Error(f"vLLM could not load {model}: {first}; check the model id or path") from None
         self._tok = self._llm.get_tokenizer()
         self._running: dict[str, tuple[object, GenRequest]] = {}  # vLLM request id -> (token, request)
+        # Requests past max_num_seqs wait here, not in vLLM's first-come queue, so that the
+        # lowest GenRequest.priority starts first; with prefix caching a paused question
+        # costs nothing, so more questions are kept started than run (base.open_questions).
+        self._waiting: list[tuple[int, int, object, GenRequest]] = []
+        self.open_questions = max_num_seqs * (3 if enable_prefix_caching else 1)
         self._ids = itertools.count()
         self._letter_ids: dict[tuple[str, ...], dict[str, tuple[int, ...]]] = {}
         self._start_queue(max_num_seqs)
@@ -148,7 +154,10 @@ class VLLMEngine(SteppedEngine):
     def _advance(self, new):
         engine = self._llm.llm_engine
         for req, token in new:
-            rid = f"m1-{next(self._ids)}"
+            heapq.heappush(self._waiting, (req.priority, next(self._ids), token, req))
+        while self._waiting and len(self._running) < self.capacity:
+            _, n, token, req = heapq.heappop(self._waiting)
+            rid = f"m1-{n}"
             self._running[rid] = (token, req)
             engine.add_request(rid, {"prompt_token_ids": list(req.prompt_ids)},
                                self._vllm.SamplingParams(**build_sampling_kwargs(req)))
@@ -173,6 +182,7 @@ class VLLMEngine(SteppedEngine):
         if self._running and self._llm is not None:
             self._llm.llm_engine.abort_request(list(self._running))
         self._running.clear()
+        self._waiting.clear()
         self.meter.set(0)
 
     def close(self) -> None:

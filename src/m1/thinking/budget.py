@@ -14,11 +14,18 @@ budget (`Thinking.at_budget`). A forcing round happens at the same position in b
 and a round whose ignore string does not fit is a budget cut in both, which keeps
 the prefix property with forcing on. Under sampling the same holds in distribution.
 
-Scheduling. Each question is its own pipeline (`BudgetController.question`): think (in
-forcing rounds) → the answer phase of every budget, each step submitted the moment the
+Scheduling. Each question is its own pipeline (`BudgetController.question`): its thinking
+in stages that end at each budget of the sweep, the answer for a budget sent the moment
+the thinking passes it while the next stage goes on, each step submitted the moment the
 previous one returns, so many questions advance together with no barrier between them
-and the engine stays full (see engines/base.py). A question's tokens never depend on
-what runs beside it, so the order in which questions advance changes nothing.
+and the engine stays full (see engines/base.py). A stage continues the thinking exactly
+(`think_one`'s `resume`), so under greedy decoding the stages give the ids one request to
+the largest budget gives. Every request carries a priority: a thinking stage the number
+of ids thought so far, an answer -1. An engine with more requests waiting than it can run
+starts the least-advanced question first, so the questions that will think longest do
+not start last and hold the engine half empty at the end of a run. A question's tokens
+never depend on what runs beside it, so the order in which questions advance changes
+nothing.
 """
 from __future__ import annotations
 
@@ -148,6 +155,9 @@ class BudgetController:
         if resume is not None:
             s = Thinking(ids=list(resume.ids), ended="budget", forced_at=list(resume.forced_at),
                          finish_reasons=list(resume.finish_reasons), generated=resume.generated)
+            if s.forced_at and len(s.ids) - s.forced_at[-1] < len(self.ignore_ids):
+                # The smaller budget cut the ignore string; a run to `budget` has the rest of it.
+                s.ids += self.ignore_ids[len(s.ids) - s.forced_at[-1]:][:budget - len(s.ids)]
         while len(s.ids) < budget:
             req = GenRequest(
                 prompt_ids=tuple(self.think_prompt(prompt) + s.ids),
@@ -157,6 +167,7 @@ class BudgetController:
                 temperature=p.temperature,
                 top_p=p.top_p,
                 seed=request_seed(p.seed, key, "think", s.rounds),
+                priority=len(s.ids),  # least-advanced first (module doc)
             )
             res = await self._submit(req, log)
             s.generated += len(res.token_ids)
@@ -205,6 +216,7 @@ class BudgetController:
             # the same answer whichever sweep method produced it.
             seed=request_seed(p.seed, key, "answer"),
             option_letters=tuple(option_letters),
+            priority=-1,  # an answer finishes a question: it goes before any thinking
         )
 
     def _prefix_ids(self, text: str) -> list[int]:
@@ -248,15 +260,34 @@ class BudgetController:
         method "independent": think from scratch for each budget (the official way).
         `option_letters`: the item's option letters, probed in every answer (answer_request)."""
         budgets = sorted(set(budgets), reverse=True)
-        if method == "cut":
-            longest = await self.think_one(prompt, key, budgets[0], log)
-            thinkings = [longest.at_budget(b) for b in budgets]
-        elif method == "independent":
+        if method == "independent":
             thinkings = list(await asyncio.gather(*(self.think_one(prompt, key, b, log) for b in budgets)))
-        else:
+            answers = await self.answers(prompt, thinkings, key, log, option_letters)
+            return {b: (t, a) for b, t, a in zip(budgets, thinkings, answers)}
+        if method != "cut":
             raise M1Error(f"unknown sweep method {method!r}: use 'cut' or 'independent'")
-        answers = await self.answers(prompt, thinkings, key, log, option_letters)
-        return {b: (t, a) for b, t, a in zip(budgets, thinkings, answers)}
+        early: dict[int, asyncio.Future] = {}  # budget -> its answer, sent as the thinking passed it
+        stage: Thinking | None = None
+        try:
+            for b in reversed(budgets):
+                stage = await self.think_one(prompt, key, b, log, resume=stage)
+                if stage.ended == "natural" or b == budgets[0]:
+                    break
+                early[b] = asyncio.ensure_future(self.answers(prompt, [stage], key, log, option_letters))
+            assert stage is not None
+            # The thinking each budget gets is the cut of the longest, as one request to the
+            # largest budget would give it (records as before staging); the early answers saw
+            # the same ids and ending.
+            thinkings = [stage.at_budget(b) for b in budgets]
+            late = [(b, t) for b, t in zip(budgets, thinkings) if b not in early]
+            rest = await self.answers(prompt, [t for _, t in late], key, log, option_letters)
+            answer_of = dict(zip((b for b, _ in late), rest))
+            for b, fut in early.items():
+                (answer_of[b],) = await fut
+        finally:
+            for fut in early.values():
+                fut.cancel()  # a failed stage: the answers already sent are not waited for
+        return {b: (t, answer_of[b]) for b, t in zip(budgets, thinkings)}
 
     async def adaptive(self, prompt: Sequence[int], key: str, cap: int, policy: Policy,
                        letter_of: Callable[[Thinking, Answer], str | None], log: ContextLog | None = None,
