@@ -61,7 +61,8 @@ BENCHES = [
           [["job", "scheduler", "wall s", "speed-up", "occupancy", "occupancy while questions remain", "tokens/s",
             "context tokens", "context minimum", "context / minimum", "answers agree"]]
           # the main job end to end against the code before pipelines (bench/throughput.py BEFORE_PIPELINES)
-          + ([["code", "to the last trace s", "median", "speed-up", "walls s (report included)", "median wall s"]] if _in_history("11a2c54") else []),
+          + ([["code", "to the last trace s", "median", "speed-up", "walls s (report included)", "median wall s"]]
+             if _in_history("11a2c54") else []),
           ("llama_cpp",)),
     Bench("gpu_sim.py",
           [["scheduler", "requests in flight", "simulated hours", "server utilisation",

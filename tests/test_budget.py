@@ -159,6 +159,8 @@ def test_stages_continue_an_ignore_string_the_smaller_budget_cut(engine, prompts
     for b in (6, 60, 120):
         for (t1, a1), (t2, a2) in zip(zip(*cut[b]), zip(*ind[b])):
             assert (t1.ids, t1.ended, t1.forced_at) == (t2.ids, t2.ended, t2.forced_at)
+            if b == 120:  # the longest thinking: one finish reason per round, not one per stage
+                assert t1.finish_reasons == t2.finish_reasons
             assert (a1.ids, a1.prefix) == (a2.ids, a2.prefix)
 
 

@@ -155,6 +155,8 @@ class BudgetController:
         if resume is not None:
             s = Thinking(ids=list(resume.ids), ended="budget", forced_at=list(resume.forced_at),
                          finish_reasons=list(resume.finish_reasons), generated=resume.generated)
+            if s.finish_reasons[-1:] == ["length"]:
+                s.finish_reasons.pop()  # that round goes on here: one entry per round, as in one request
             if s.forced_at and len(s.ids) - s.forced_at[-1] < len(self.ignore_ids):
                 # The smaller budget cut the ignore string; a run to `budget` has the rest of it.
                 s.ids += self.ignore_ids[len(s.ids) - s.forced_at[-1]:][:budget - len(s.ids)]
