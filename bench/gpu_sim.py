@@ -354,7 +354,10 @@ def main():
           f"CP = {cp:,} steps, the longest question: {longest[0]:,} thinking, then {longest[1]:,} answer; "
           f"no schedule takes under {fewest:,.0f} steps = {fewest * a.step_ms / 3.6e6:.2f} h)")
     util = {name: u for name, _, _, _, u, _, _ in rows}
-    if bound < 0.9:
+    if util.get("pipelines", 0) >= 0.9:
+        verdict = (f"the >= 90% target is MET by m1's pipelines: {util['pipelines']:.0%} "
+                   f"(the bound for any scheduler on these lengths: {bound:.0%})")
+    elif bound < 0.9:
         verdict = f"the >= 90% target is INFEASIBLE on this workload: no scheduler can pass {bound:.0%}"
     elif "clairvoyant" not in util:
         verdict = "run row d for a verdict"
