@@ -62,7 +62,14 @@ from pathlib import Path
 from typing import Sequence
 
 from m1.engines import probes
-from m1.engines.base import GenRequest, GenResult, LoadMeter, PriorityGate, StreamingGenerate
+from m1.engines.base import (
+    OPEN_PER_REQUEST_WITH_PREFIX_CACHE,
+    GenRequest,
+    GenResult,
+    LoadMeter,
+    PriorityGate,
+    StreamingGenerate,
+)
 from m1.engines.vllm_engine import locate_stop
 from m1.errors import M1Error, first_line
 
@@ -75,12 +82,11 @@ EXACT = ("vllm", "sglang", "llama-server")
 # GPU); llama-server's own slot count (read from /props); llama-cpp-python's server runs one
 # request at a time; an unknown server gets a moderate number.
 DEFAULT_CAPACITY = {"vllm": 256, "sglang": 256, "llama-server": 8, "llama-cpp-python": 2, "generic": 64}
-# Questions kept started per request in flight, by default. vLLM and SGLang keep the KV of
-# finished requests in a shared prefix cache, so a question can pause between thinking
-# stages at no cost and the least-advanced ones go first: the long thinkers are then not the
-# last to start, which shortens the end of a run (bench/gpu_sim.py). llama-server caches a
-# prompt per slot only, and the others not at all: one question per request there.
-OPEN_PER_SLOT = {"vllm": 3, "sglang": 3}
+# Servers that keep the KV of finished requests in a shared prefix cache, so a question can
+# pause between thinking stages at no cost (base.OPEN_PER_REQUEST_WITH_PREFIX_CACHE).
+# llama-server caches a prompt per slot only, and the others not at all: one question per
+# request there.
+PREFIX_CACHED = ("vllm", "sglang")
 
 
 class ServerDown(M1Error):
@@ -164,7 +170,8 @@ class OpenAIEngine(StreamingGenerate):
         if not self._servers:
             raise M1Error(f"no server in --base-url answers ({', '.join(urls)}); start them or fix the list")
         self.capacity = sum(s.capacity for s in self._servers)
-        self.open_questions = open_questions or sum(OPEN_PER_SLOT.get(s.kind, 1) * s.capacity for s in self._servers)
+        self.open_questions = open_questions or sum(
+            s.capacity * (OPEN_PER_REQUEST_WITH_PREFIX_CACHE if s.kind in PREFIX_CACHED else 1) for s in self._servers)
         self.meter = LoadMeter(self.capacity)
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None

@@ -16,7 +16,7 @@ from importlib import metadata
 from typing import Sequence
 
 from m1.engines import probes
-from m1.engines.base import GenRequest, GenResult, SteppedEngine
+from m1.engines.base import OPEN_PER_REQUEST_WITH_PREFIX_CACHE, GenRequest, GenResult, SteppedEngine
 from m1.errors import M1Error
 
 
@@ -105,7 +105,7 @@ class VLLMEngine(SteppedEngine):
         # lowest GenRequest.priority starts first; with prefix caching a paused question
         # costs nothing, so more questions are kept started than run (base.open_questions).
         self._waiting: list[tuple[int, int, object, GenRequest]] = []
-        self.open_questions = max_num_seqs * (3 if enable_prefix_caching else 1)
+        self.open_questions = max_num_seqs * (OPEN_PER_REQUEST_WITH_PREFIX_CACHE if enable_prefix_caching else 1)
         self._ids = itertools.count()
         self._letter_ids: dict[tuple[str, ...], dict[str, tuple[int, ...]]] = {}
         self._start_queue(max_num_seqs)
