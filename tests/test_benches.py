@@ -75,6 +75,17 @@ BENCHES = [
            ["policy", "params", "n", "accuracy", "ci_low", "ci_high", "mean_tokens", "tokens_saved_vs_largest",
             "mean_probes"]],
           ("llama_cpp",)),
+    Bench("bm25_scale.py",
+          [["step", "passages", "queries", "seconds", "rate", "hit@10", "peak RSS GB"],
+           ["construction", "built", "seconds", "index files changed", "same rankings"]],
+          ("bm25s",)),
+    # knowledge.py exits 1 when a trace spent more than its budget or the report lost its knowledge section
+    Bench("knowledge.py",
+          [["condition", "wall s", "questions", "mean prompt tokens", "mean knowledge tokens", "knowledge code s",
+            "knowledge share of wall", "context / minimum", "budget overruns"],
+           ["condition", "budget", "n", "accuracy", "ci_low", "ci_high", "mean_thinking_tokens",
+            "mean_knowledge_tokens", "collapsed_share"]],
+          ("llama_cpp", "bm25s")),
     # A new bench: one more row here (its tables' columns as its --smoke run prints them).
 ]
 

@@ -356,3 +356,16 @@ def test_label_is_the_answer_only_without_answer_fields(tmp_path):
     items = load_file(path)
     assert [i.answer for i in items] == ["B", "A"]
     assert items[0].metadata == {} and items[1].metadata == {"label": "easy"}
+
+
+@pytest.mark.parametrize("make", ["missing", "file"])
+def test_benchmarks_with_a_data_dir_that_is_no_folder_is_one_line_and_exit_2(tmp_path, capsys, make):
+    from m1.cli import main
+
+    target = tmp_path / "data"
+    if make == "file":
+        target.write_text("not a folder")
+    code = main(["benchmarks", "--data-dir", str(target)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and str(target) in err and len(err.splitlines()) == 1, err
+    assert ("does not exist" if make == "missing" else "is a file") in err

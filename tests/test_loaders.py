@@ -221,3 +221,19 @@ def test_top_level_scalar(tmp_path):
     path.write_text("42")
     with pytest.raises(M1Error, match="top level is a number"):
         load_file(path)
+
+
+def test_medmcqa_official_release_reads_cop_and_keeps_exp(tmp_path):
+    from m1.knowledge.conditions import explanation
+
+    row = {"id": "x1", "question": "Drug of choice for absence seizures?", "opa": "Phenytoin", "opb": "Carbamazepine",
+           "opc": "Ethosuximide", "opd": "Phenobarbital", "cop": 3,
+           "exp": "Ethosuximide blocks T-type calcium channels.", "subject_name": "Pharmacology"}
+    path = tmp_path / "medmcqa_dev.jsonl"
+    path.write_text(json.dumps(row) + "\n" + json.dumps({**row, "id": "x2", "cop": 0}) + "\n")
+    with pytest.raises(M1Error, match=r'line 2: field "cop" is 0; .*answer_idx'):
+        load_file(path)
+    path.write_text(json.dumps(row) + "\n")
+    (item,) = load_file(path)
+    assert item.answer == "C" and item.options["C"] == "Ethosuximide"
+    assert explanation(item) == row["exp"] and "cop" not in item.metadata

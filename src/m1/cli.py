@@ -72,6 +72,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop each question's thinking when its answer settles: stable=M,every=N (M forced answers "
                         "in a row agree), confidence=TAU,every=N or deer=TAU,every=N[,switch_words=Wait|But]; "
                         "--budgets then gives the cap")
+    e.add_argument("--knowledge", help="knowledge condition: none (default) | gold (the item's explanation) | "
+                                       "gold-background (it, answer masked) | counterfactual | placebo | retrieve")
+    e.add_argument("--knowledge-where", help="prompt (before the question; default) | thinking (inserted into the "
+                                             "thinking at --knowledge-at; not counted against the budget)")
+    e.add_argument("--knowledge-k", type=int, help=f"passages per retrieval (default {d.knowledge_k})")
+    e.add_argument("--corpus", dest="knowledge_corpus",
+                   help="retrieval corpus: MedRAG chunk JSONL {id, title, content} (default: m1's shipped corpus)")
+    e.add_argument("--retriever", dest="knowledge_retriever", help="bm25 (default) | dense | hybrid")
+    e.add_argument("--knowledge-at", help="insertion points in the thinking: fractions of the largest budget or "
+                                          f"token counts (default {d.knowledge_at})")
+    e.add_argument("--knowledge-counted", action="store_const", const=True,
+                   help="inserted tokens count against the thinking budget")
+    e.add_argument("--min-thinking", type=int,
+                   help="replace an end of thinking before N tokens with the ignore string (default 0)")
     e.add_argument("--grader", choices=("strict", "m1"),
                    help="how answers are read: strict (default; m1's own) or m1 (the official scorer's rules); "
                         "either can be re-applied later with `m1 report --grader` or `m1 regrade`")
@@ -88,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     bm.set_defaults(func=cmd_benchmarks)
     from m1 import compare, models, regrade
     from m1.curation import cli as data_cli
+    from m1.knowledge import cli as knowledge_cli
     from m1.reporting import cli_report
     from m1.training import cli as train_cli
 
@@ -97,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     regrade.add_parser(sub)
     compare.add_parser(sub)
     models.add_parser(sub)
+    knowledge_cli.add_parser(sub)
     return p
 
 

@@ -76,8 +76,8 @@ def _budget(value: object, what: str) -> int:
         value = int(value)
     if not isinstance(value, int):
         raise M1Error(f"--budgets: {what} must be a whole number, got {value!r}")
-    if value <= 0:
-        raise M1Error(f"--budgets: every budget must be a positive number of tokens, got {value}")
+    if value < 0:
+        raise M1Error(f"--budgets: a budget is a number of tokens, 0 or more (0: answer at once), got {value}")
     return value
 
 
@@ -116,6 +116,57 @@ def _adaptive_spec(spec: str, budgets: tuple[int, ...], method: str) -> str:
     if method != "cut":
         raise M1Error("--adaptive thinks once per question; it does not combine with --independent")
     return policy_spec(policy)
+
+
+KNOWLEDGE_FIELDS = ("knowledge", "knowledge_where", "knowledge_k", "knowledge_corpus", "knowledge_retriever",
+                    "knowledge_at", "knowledge_counted")
+RETRIEVERS = ("bm25", "dense", "hybrid")
+
+
+def insertion_points(spec: str, largest_budget: int) -> tuple[int, ...]:
+    """`--knowledge-at` as thinking-token positions: "1/3,2/3" (fractions of the largest budget,
+    rounded) or "64,128" (token counts). Points at or past the largest budget never happen."""
+    points: set[int] = set()
+    for part in str(spec).split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            if "/" in part or "." in part:
+                num, _, den = part.partition("/")
+                frac = float(num) / float(den) if den else float(num)
+                if not 0 < frac < 1:
+                    raise ValueError
+                points.add(max(1, round(frac * largest_budget)))
+            else:
+                value = int(part)
+                if value <= 0:
+                    raise ValueError
+                points.add(value)
+        except (ValueError, ZeroDivisionError):
+            raise M1Error(f"--knowledge-at: {part!r} is neither a fraction of the budget in (0, 1) such as 1/3 "
+                          "nor a positive token count such as 128") from None
+    if not points:
+        raise M1Error("--knowledge-at: no insertion point given; use e.g. 1/3,2/3 or 64,128")
+    return tuple(sorted(points))
+
+
+def _check_knowledge(cfg: EvalConfig) -> None:
+    if cfg.knowledge == "none":
+        return
+    from m1.knowledge.conditions import CONDITIONS
+
+    if cfg.knowledge not in CONDITIONS:
+        raise M1Error(f"--knowledge must be one of {', '.join(CONDITIONS)}, got {cfg.knowledge!r}")
+    if cfg.knowledge_where not in ("prompt", "thinking"):
+        raise M1Error(f"--knowledge-where must be 'prompt' or 'thinking', got {cfg.knowledge_where!r}")
+    if isinstance(cfg.knowledge_k, bool) or not isinstance(cfg.knowledge_k, int) or cfg.knowledge_k <= 0:
+        raise M1Error(f"--knowledge-k must be a positive number of passages, got {cfg.knowledge_k!r}")
+    if cfg.knowledge_retriever not in RETRIEVERS:
+        raise M1Error(f"--retriever must be one of {', '.join(RETRIEVERS)}, got {cfg.knowledge_retriever!r}")
+    insertion_points(cfg.knowledge_at, max(cfg.budgets))
+    if cfg.knowledge != "none" and cfg.knowledge_where == "thinking" and cfg.adaptive:
+        raise M1Error("--adaptive does not combine with --knowledge-where thinking; put the knowledge in the prompt")
 
 
 @dataclass(frozen=True)
@@ -158,6 +209,22 @@ class EvalConfig:
     # "stable=3,every=64": answers are forced every 64 tokens, thinking stops once 3 agree.
     # The one budget is then the cap. None: fixed budgets.
     adaptive: str | None = None
+    # Knowledge in front of the thinking (m1.knowledge): the condition (none, gold, gold-background,
+    # counterfactual, placebo, retrieve), where its text goes (before the question, or into the
+    # thinking at `knowledge_at`: fractions of the largest budget or token counts, so every budget
+    # of a sweep inserts at the same places and a cut sweep stays exact), how many passages a
+    # retrieval brings, from which corpus (None: the shipped one) and retriever, and whether
+    # inserted tokens count against the budget (by default they are context, not thinking).
+    knowledge: str = "none"
+    knowledge_where: str = "prompt"
+    knowledge_k: int = 4
+    knowledge_corpus: str | None = None
+    knowledge_retriever: str = "bm25"
+    knowledge_at: str = "1/3,2/3"
+    knowledge_counted: bool = False
+    # An end of thinking before this many tokens is replaced by the ignore string (not counted as a
+    # forcing round): the pilot saw any passage in the prompt stop the thinking at once.
+    min_thinking: int = 0
 
     def __post_init__(self):
         # A tuple/list of budgets, or the string form "16,32:512:32,1024" (also in config files).
@@ -182,6 +249,15 @@ class EvalConfig:
             raise M1Error(f"--grader must be one of {', '.join(sorted(GRADERS))}, got {self.grader!r}")
         if self.forcing_rounds < 0:
             raise M1Error(f"--forcing must be >= 0 rounds, got {self.forcing_rounds}")
+        if self.min_thinking < 0:
+            raise M1Error(f"--min-thinking must be >= 0 tokens, got {self.min_thinking}")
+        _check_knowledge(self)
+
+    def insertion_points(self) -> tuple[int, ...]:
+        """Where thinking insertions go, in counted thinking tokens (empty unless into the thinking)."""
+        if self.knowledge == "none" or self.knowledge_where != "thinking":
+            return ()
+        return insertion_points(self.knowledge_at, max(self.budgets))
 
     def resolved(self, embedded: bool | None = None) -> EvalConfig:
         """The config with format "auto" decided: plain for the embedded SmolLM2 (never trained
@@ -215,6 +291,11 @@ class EvalConfig:
         d = {k: v for k, v in d.items() if k not in ("chunk_size", "grader")}
         if d.get("adaptive") is None:  # fixed budgets: hashed as before adaptive runs existed
             d.pop("adaptive", None)
+        if d.get("knowledge", "none") == "none":  # no knowledge: hashed as before knowledge existed
+            for k in KNOWLEDGE_FIELDS:
+                d.pop(k, None)
+        if not d.get("min_thinking"):
+            d.pop("min_thinking", None)
         d["engine_options"] = {k: v for k, v in (d.get("engine_options") or {}).items()
                                if k not in SCHEDULING_OPTIONS}
         return d

@@ -12,8 +12,9 @@ from m1.engines import Engine, make_engine
 from m1.engines.base import bounded, common_prefix, load_between, open_questions, run_sync
 from m1.errors import M1Error
 from m1.grading import get_grader
+from m1.knowledge.supply import QuestionKnowledge, Supply, make_supply
 from m1.runs import Run, RunDir, Trace, package_versions
-from m1.thinking.budget import BudgetController, ContextLog, ThinkingParams
+from m1.thinking.budget import BudgetController, ContextLog, Thinking, ThinkingParams
 from m1.thinking.formats import get_format
 from m1.thinking.policies import confidence, parse_policy
 
@@ -43,8 +44,11 @@ class ChatTemplate(Protocol):
     def render_chat(self, messages: list[dict]) -> str: ...
 
 
-def build_prompt(engine: ChatTemplate, item: Item, cfg: EvalConfig) -> str:
+def build_prompt(engine: ChatTemplate, item: Item, cfg: EvalConfig, knowledge: str | None = None) -> str:
+    """The chat prompt of one question; `knowledge` goes before the question (as MedRAG puts it)."""
     user = item.prompt_text()
+    if knowledge:
+        user = f"{knowledge}\n\n{user}"
     if cfg.instruction:
         user = f"{user}\n{cfg.instruction}"
     messages = [{"role": "user", "content": user}]
@@ -83,21 +87,29 @@ def evaluate(cfg: EvalConfig, out: str | Path | None = None, engine: Engine | No
     items = load_items(cfg, names)
     if not items:
         raise M1Error("no questions to evaluate: the suite has no benchmark present (see `m1 benchmarks`)")
+    supply = make_supply(cfg, items)  # knowledge: the retriever's index is loaded before any model work
+    if supply is not None:
+        items = supply.served()
     fmt = get_format(cfg.format, **cfg.format_overrides)
     params = ThinkingParams(budget=max(cfg.budgets), forcing_rounds=cfg.forcing_rounds, ignore_str=cfg.ignore_str,
                             answer_max_tokens=cfg.answer_max_tokens, temperature=cfg.temperature,
-                            top_p=cfg.top_p, seed=cfg.seed)
+                            top_p=cfg.top_p, seed=cfg.seed, min_thinking=cfg.min_thinking)
     run = RunDir(out or default_run_dir(cfg))
     run.check_target()
     own_engine = engine is None
     engine = engine or make_engine(cfg.engine, cfg.model, **cfg.engine_options)
     try:
-        run.prepare(cfg.to_dict(), {"versions": versions(), "engine": engine.describe()}, EvalConfig.identity)
+        environment = {"versions": versions(), "engine": engine.describe()}
+        if supply is not None:
+            environment["knowledge"] = supply.describe()
+        run.prepare(cfg.to_dict(), environment, EvalConfig.identity)
         records = run.load()
         done = {(r["id"], r["budget"]) for r in records}
         todo = [it for it in items if any((it.id, b) not in done for b in cfg.budgets)]
         controller = BudgetController(engine, fmt, params)
-        load = _Pipelines(engine, controller, cfg, run, done, progress).run(todo, total=len(items))
+        load = _Pipelines(engine, controller, cfg, run, done, progress, supply).run(todo, total=len(items))
+        if load is not None and supply is not None:
+            load["knowledge_seconds"] = round(supply.watch.seconds, 3)  # retrieval, screening, passages
     finally:
         if own_engine:
             engine.close()
@@ -135,9 +147,9 @@ class _Pipelines:
     engine's capacity, more on a server with a prefix cache), the next one started the moment
     one finishes; each question's records appended (fsync) as it finishes."""
 
-    def __init__(self, engine, controller, cfg, run, done, progress):
+    def __init__(self, engine, controller, cfg, run, done, progress, supply: Supply | None = None):
         self.engine, self.controller, self.cfg, self.run_dir = engine, controller, cfg, run
-        self.done, self.progress = done, progress
+        self.done, self.progress, self.supply = done, progress, supply
         self.policy = parse_policy(cfg.adaptive) if cfg.adaptive else None
         self.minimum = 0  # context tokens the engine had to evaluate at the least
 
@@ -156,18 +168,21 @@ class _Pipelines:
         # Prompts are built as questions start (a server may tokenize them); the first few
         # are built here already, to find the prefix every prompt shares.
         first = {it.id: self._prompt(it) for it in todo[:8]}
-        shared = _shared_prefix([ids for _, ids in first.values()])
+        shared = _shared_prefix([p.ids for p in first.values()])
         self.minimum = shared
 
         async def one(item: Item) -> None:
             nonlocal finished
-            text, ids = first.pop(item.id) if item.id in first else self._prompt(item)
+            prompt = first.pop(item.id) if item.id in first else self._prompt(item)
+            text, ids = prompt.text, prompt.ids
             log = ContextLog()
             letters = tuple(item.options)
             if self.policy is None:
+                injector = prompt.knowledge if prompt.knowledge and prompt.knowledge.where == "thinking" else None
                 per_budget = await self.controller.question(ids, item.id, self.cfg.budgets, self.cfg.method, log,
-                                                            letters)
-                new = [make_record(item, b, text, ids, th, ans, self.engine, self.controller, self.cfg.grader)
+                                                            letters, injector=injector)
+                new = [make_record(item, b, text, ids, th, ans, self.engine, self.controller, self.cfg.grader,
+                                   knowledge=prompt.fields(th, self.engine))
                        for b, (th, ans) in sorted(per_budget.items()) if (item.id, b) not in self.done]
             else:
                 def letter_of(th, ans):
@@ -176,7 +191,8 @@ class _Pipelines:
                 cap = self.cfg.budgets[0]
                 th, ans, episode, why = await self.controller.adaptive(ids, item.id, cap, self.policy, letter_of, log,
                                                                        letters)
-                t = make_record(item, cap, text, ids, th, ans, self.engine, self.controller, self.cfg.grader)
+                t = make_record(item, cap, text, ids, th, ans, self.engine, self.controller, self.cfg.grader,
+                                knowledge=prompt.fields(th, self.engine))
                 new = [dataclasses.replace(t, stopped_by=why, probes=[
                     {"tokens": pr.budget, "letter": pr.letter, "confidence": confidence(pr.option_logprobs, letters)}
                     for pr in episode.history])]
@@ -198,9 +214,37 @@ class _Pipelines:
             load["context_vs_minimum"] = round(load["context_tokens"] / max(self.minimum, 1), 4)
         return load
 
-    def _prompt(self, item: Item) -> tuple[str, list[int]]:
-        text = build_prompt(self.engine, item, self.cfg)
-        return text, self.engine.encode_prompt(text)
+    def _prompt(self, item: Item) -> Prompt:
+        qk = self.supply.for_item(item) if self.supply is not None else None
+        block = qk.prompt_text() if qk is not None else None
+        text = build_prompt(self.engine, item, self.cfg, block)
+        ids = self.engine.encode_prompt(text)
+        added = len(ids) - len(self.engine.encode_prompt(build_prompt(self.engine, item, self.cfg))) if block else 0
+        return Prompt(text, ids, qk, added)
+
+
+@dataclasses.dataclass
+class Prompt:
+    """One question's prompt, with its knowledge (None under "none") and the ids that added."""
+
+    text: str
+    ids: list[int]
+    knowledge: QuestionKnowledge | None = None
+    knowledge_ids: int = 0
+
+    def fields(self, th: Thinking, engine) -> dict:
+        """The trace's knowledge fields for one budget's thinking: every insertion as it was made."""
+        qk = self.knowledge
+        if qk is None:
+            return {}
+        inserted = [r for r in [qk.prompt_insertion(self.knowledge_ids)] if r is not None]
+        for ins in th.insertions:
+            if ins.text:
+                inserted.append({"where": "thinking", "at": ins.at, "char_at": len(engine.detokenize(th.ids[:ins.at])),
+                                 "tokens": len(ins.in_context), "query": ins.query, "text": ins.text,
+                                 "passages": list(ins.passages)})
+        return {"knowledge": qk.condition, "knowledge_where": qk.where, "insertions": inserted,
+                "knowledge_tokens": sum(r["tokens"] for r in inserted), "screened": list(qk.screened)}
 
 
 def _shared_prefix(prompts: list[list[int]]) -> int:
@@ -218,8 +262,10 @@ def graded_text(th, ans, engine, controller, thinking_text: str | None = None) -
     return engine.detokenize(th.ids) if thinking_text is None else thinking_text
 
 
-def make_record(item, budget, prompt_text, prompt_ids, th, ans, engine, controller, grader: str) -> Trace:
-    """The trace of one question at one budget, graded by `grader`."""
+def make_record(item, budget, prompt_text, prompt_ids, th, ans, engine, controller, grader: str,
+                knowledge: dict | None = None) -> Trace:
+    """The trace of one question at one budget, graded by `grader`; `knowledge`: its knowledge
+    fields (Prompt.fields), if the run has a condition."""
     thinking_text = engine.detokenize(th.ids)
     graded = graded_text(th, ans, engine, controller, thinking_text)
     g = get_grader(grader)(graded, item)
@@ -235,5 +281,6 @@ def make_record(item, budget, prompt_text, prompt_ids, th, ans, engine, controll
         "answer_finish_reason": ans.finish_reason,
         "graded_text": graded, "letter": g.letter, "outcome": g.outcome, "rule": g.rule,
         "correct": g.outcome == "correct", "grader": grader,
-        "option_logprobs": ans.option_logprobs,
+        "option_logprobs": ans.option_logprobs, "min_thinking_forced": len(th.short_at),
+        **(knowledge or {}),
     })

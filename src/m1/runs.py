@@ -26,8 +26,8 @@ from m1.errors import M1Error
 TRACES = "traces.jsonl"
 CONFIG = "config.json"
 METRICS = "metrics.json"
-TRACE_SCHEMA = 2  # 1: lines without "schema" (before the typed model); 2: renamed forcing_rounds, added
-# grader, question and option_logprobs
+TRACE_SCHEMA = 3  # 1: lines without "schema" (before the typed model); 2: renamed forcing_rounds, added
+# grader, question and option_logprobs; 3: knowledge fields (a schema-2 line reads as knowledge "none")
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,7 @@ class Trace:
     thinking_stop: str | None = None  # the delimiter or token that ended it naturally
     hit_budget: bool = False
     rounds_forced: int = 0  # ends of thinking replaced by the ignore string (the config's forcing_rounds caps it)
+    min_thinking_forced: int = 0  # of those, the ends --min-thinking replaced (not counted as forcing rounds)
     forced_at: list[int] = field(default_factory=list)  # thinking token counts where each forcing happened
     think_finish_reasons: list[str] = field(default_factory=list)
     answer_prefix: str = ""  # the forced text between thinking and answer ("" when none was forced)
@@ -63,6 +64,16 @@ class Trace:
     # answer on the way: {"tokens", "letter", "confidence"}. None in fixed-budget runs.
     stopped_by: str | None = None
     probes: list[dict[str, Any]] | None = None
+    # Knowledge (--knowledge): the condition, where its text went, and each insertion as it was made:
+    # {"where": "prompt"|"thinking", "at": counted thinking ids before it (None in the prompt),
+    #  "char_at": its offset in `thinking`, "tokens": ids inserted, "query", "text": exactly what went in,
+    #  "passages": [Passage.to_json()]}. `thinking_tokens` never includes inserted ids unless the run
+    # counted them (knowledge_counted); `knowledge_tokens` is all of them, prompt and thinking.
+    knowledge: str = "none"
+    knowledge_where: str | None = None
+    insertions: list[dict[str, Any]] | None = None
+    knowledge_tokens: int = 0
+    screened: list[dict[str, Any]] | None = None  # passages decontamination removed: {"id","source","rule","score"}
     graded_text: str = ""
     letter: str | None = None
     outcome: str = "unparsed"  # "correct" | "wrong" | "unparsed"

@@ -11,7 +11,9 @@ A record is {"question", "options", "answer_idx"} with optional "answer" and "id
 "options", columns opa, opb, ... (or A, B, ..., or choice0, choice1, ...) are the options.
 The answer is "answer_idx" (a letter), else "answer" (a letter, an option's exact text,
 or "C. text" as in HLE; a number for choice0.. columns, which count from 0), else
-"label" (a letter, as in MedXpertQA). Every other field is kept in Item.metadata.
+"label" (a letter, as in MedXpertQA), else "cop" (MedMCQA's official release: the correct option
+counted from 1). Every other field is kept in Item.metadata (MedBullets' "explanation", MedMCQA's
+"exp": the knowledge conditions read them).
 
 Every problem with a file becomes an M1Error whose one-line message names the file,
 the place (1-based JSONL/CSV line, or 0-based item index for JSON) and the field, so the CLI never shows
@@ -32,7 +34,7 @@ from m1.benchmarks.items import Item
 from m1.errors import M1Error
 
 ROW_HINT = "each row needs question, options and answer_idx"
-KNOWN_FIELDS = ("id", "question", "options", "answer", "answer_idx")
+KNOWN_FIELDS = ("id", "question", "options", "answer", "answer_idx", "cop")
 DATA_SUFFIXES = (".gz", ".jsonl", ".ndjson", ".json", ".csv")
 
 
@@ -307,6 +309,8 @@ def _answer(record: dict, options: dict[str, str], where: str) -> str:
             raise M1Error(f'{where}: field "{field}" is "{value}", not one of the options {letters}; '
                           "use one of those letters")
         return letter
+    if record.get("answer") is None and record.get("cop") is not None:
+        return _cop(record["cop"], options, where)
     if record.get("answer") is None:
         raise M1Error(f'{where}: field "answer_idx" is missing (and no "answer" to derive it from); {ROW_HINT}')
     value = record["answer"]
@@ -325,6 +329,19 @@ def _answer(record: dict, options: dict[str, str], where: str) -> str:
                       "use one of those letters")
     problem = "matches several options" if matches else "is neither an option letter nor the exact text of an option"
     raise M1Error(f'{where}: field "answer" ("{_short(value)}") {problem}; add "answer_idx" with the letter')
+
+
+def _cop(value: object, options: dict[str, str], where: str) -> str:
+    """MedMCQA's official release: "cop", the correct option counted from 1 (1 = opa = A). Its
+    Hugging Face export counts from 0, so a 0 there would shift every answer: refused."""
+    if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, str) and value.strip().isdigit())):
+        raise _bad_type(where, "cop", "a whole number from 1 (MedMCQA's official release)", value)
+    position = int(value)
+    letters = list(options)
+    if not 1 <= position <= len(letters):
+        raise M1Error(f'{where}: field "cop" is {value!r}; ' "MedMCQA's official release counts options from 1 to "
+                      f"{len(letters)} (a 0-based export needs answer_idx with the letter)")
+    return letters[position - 1]
 
 
 def _label_is_answer(record: dict) -> bool:

@@ -143,12 +143,14 @@ def resolve_suite(name: str, data_dir: str | Path | None = None) -> tuple[list[s
     suite = SUITES.get(name.strip().lower())
     if suite is None:
         raise M1Error(f'unknown suite "{name}"; known suites: {", ".join(SUITES)}')
+    check_data_dir(data_dir)
     present = [b for b in suite if is_present(b, data_dir)]
     return present, [b for b in suite if b not in present]
 
 
 def list_benchmarks(data_dir: str | Path | None = None) -> list[dict]:
     """One row per benchmark for `m1 benchmarks`; present is True/False."""
+    check_data_dir(data_dir)
     return [{"name": name, "group": b.group, "split": b.split, "size": b.size, "shipped": b.shipped,
              "present": is_present(name, data_dir), "description": b.description,
              "file": b.filename if b.shipped else b.user_files[0]}
@@ -187,6 +189,17 @@ def _resource(filename: str):
 def _data_dir(data_dir: str | Path | None) -> Path | None:
     folder = data_dir if data_dir is not None else os.environ.get(ENV_VAR) or None
     return Path(folder).expanduser() if folder is not None else None
+
+
+def check_data_dir(data_dir: str | Path | None) -> None:
+    """A data folder named (--data-dir or $M1_DATA_DIR) must be one: say so before listing or
+    running anything, rather than report every user-file benchmark as absent."""
+    folder = _data_dir(data_dir)
+    if folder is not None and not folder.is_dir():
+        what = "is a file" if folder.exists() else "does not exist"
+        named = "--data-dir" if data_dir is not None else f"${ENV_VAR}"
+        raise M1Error(f"{named} {folder} {what}; give the folder that holds your benchmark files "
+                      "(e.g. medbullets_op4.csv, gpqa.json)")
 
 
 def _missing_message(key: str, bench: Benchmark, data_dir: str | Path | None) -> str:

@@ -50,6 +50,7 @@ def _analyses(args, runs: list[Run], out: Path):
     """Every analysis; with --judge-url/--judge-model, the failures section carries the judge's labels."""
     from m1.errors import M1Error
     from m1.reporting.analyses import ANALYSES, failures
+    from m1.reporting.analyses.knowledge import knowledge
 
     url, model = getattr(args, "judge_url", None), getattr(args, "judge_model", None)
     if not url and not model:
@@ -65,4 +66,7 @@ def _analyses(args, runs: list[Run], out: Path):
                             limit=args.judge_limit, sample=args.judge_sample)
     print(f"judge: {len(judged.judgements)} wrong answers, {judged.requests} requests, "
           f"{judged.cache_hits} from the cache, {judged.failed} failed")
-    return [functools.partial(failures, judged=judged) if a is failures else a for a in ANALYSES]
+    # the judge's "missing knowledge" label is also set against the knowledge intervention's verdict
+    with_judge = {failures: functools.partial(failures, judged=judged),
+                  knowledge: functools.partial(knowledge, judged=judged)}
+    return [with_judge.get(a, a) for a in ANALYSES]

@@ -10,6 +10,11 @@ The page's script and style are package files, viewer/report.js and viewer/repor
 is linted by .ci/run). What the page shows comes with the data: the metrics columns, the run
 cards, the trace fields of the detail view (derived from runs.Trace, so a new field shows up
 with no change to the JS) and the analyses' sections with their tables, figures and links.
+
+Knowledge a trace was given (--knowledge) is shown where it went: a prompt insertion as a block
+before the question, a thinking insertion as a block inside the thinking at its offset. The data
+gives each insertion its place in UTF-16 units (as JavaScript slices) and leaves out text the page
+already holds (see page_insertions).
 """
 from __future__ import annotations
 
@@ -34,21 +39,25 @@ QUESTION_KEYS = ("id", "source", "gold", "options", "prompt")
 # ---- what the page shows, sent with the data (the JS has no field names of its own)
 
 # The trace view: every field of runs.Trace is shown once. The title line has HEADER's, BLOCKS
-# are text panels (their keys joined), NOT_SHOWN say nothing new; every other field is a stat in
-# the strip, LEAD's first, then in the dataclass's order, labelled by LABELS or by its name.
-HEADER = ("id", "source", "budget", "outcome")
+# are text panels (their keys joined; "insertions": the knowledge inserted there, drawn in place;
+# kind "screened": a list shown only when not empty), IN_PLACE are drawn inside those blocks,
+# NOT_SHOWN say nothing new; every other field is a stat in the strip, LEAD's first, then in the
+# dataclass's order, labelled by LABELS or by its name.
+HEADER = ("id", "source", "budget", "outcome", "knowledge", "knowledge_where")
+IN_PLACE = ("insertions",)  # each in the block whose "insertions" is its "where"
 NOT_SHOWN = ("correct", "schema")  # outcome says it; the line format's version
 BLOCKS: tuple[dict[str, Any], ...] = (
     {"id": "options", "label": "Options", "keys": ["options"], "kind": "options"},
-    {"id": "prompt", "label": "Prompt", "keys": ["prompt"], "kind": "text"},
-    {"id": "thinking", "label": "Thinking", "keys": ["thinking"], "kind": "text"},
+    {"id": "prompt", "label": "Prompt", "keys": ["prompt"], "kind": "text", "insertions": "prompt"},
+    {"id": "thinking", "label": "Thinking", "keys": ["thinking"], "kind": "text", "insertions": "thinking"},
+    {"id": "screened", "label": "Screened out by decontamination", "keys": ["screened"], "kind": "screened"},
     {"id": "answer", "label": "Answer", "keys": ["answer_prefix", "answer"], "kind": "text"},
     {"id": "graded", "label": "Graded text", "keys": ["graded_text"], "kind": "text"},
 )
 LEAD = ("gold", "letter", "rule")
 LABELS = {"letter": "extracted", "prompt_tokens": "prompt tok", "thinking_tokens": "thinking tok",
           "think_finish_reasons": "think finish", "answer_tokens": "answer tok",
-          "answer_finish_reason": "answer finish"}
+          "answer_finish_reason": "answer finish", "knowledge_tokens": "knowledge tok"}
 STAT_EXTRA = {"thinking_tokens": {"of": "budget"}}  # shown as "thinking tok 412 / 512"
 
 # The accuracy table: metrics.COLUMNS in order, these joined or relabelled (a new column shows
@@ -64,11 +73,13 @@ METRIC_JOINED = {"ci_low": "ci_high"}  # ci_high is shown with ci_low
 
 def detail_fields(trace_type: type = Trace) -> dict[str, Any]:
     """How the trace view shows each field of `trace_type` (a dataclass like runs.Trace):
-    {"stats": [{key, label, kind?, of?}], "blocks": BLOCKS, "elsewhere": keys in the title or hidden}."""
+    {"stats": [{key, label, kind?, of?}], "blocks": BLOCKS, "elsewhere": keys in the title, in place or hidden,
+    "searched": the keys the list's search reads}."""
     fields = dataclasses.fields(trace_type)
     flags = {f.name for f in fields if f.type in (bool, "bool")}  # a string under `from __future__ import annotations`
     names = [f.name for f in fields]
-    taken = {*HEADER, *NOT_SHOWN, *(k for b in BLOCKS for k in b["keys"])}
+    block_keys = [k for b in BLOCKS for k in b["keys"]]
+    taken = {*HEADER, *IN_PLACE, *NOT_SHOWN, *block_keys}
     order = [n for n in LEAD if n in names] + [n for n in names if n not in taken and n not in LEAD]
     stats = []
     for name in order:
@@ -76,7 +87,8 @@ def detail_fields(trace_type: type = Trace) -> dict[str, Any]:
         if name in flags:
             stat["kind"] = "flag"
         stats.append({**stat, **STAT_EXTRA.get(name, {})})
-    return {"stats": stats, "blocks": [dict(b) for b in BLOCKS], "elsewhere": [*HEADER, *NOT_SHOWN]}
+    return {"stats": stats, "blocks": [dict(b) for b in BLOCKS], "elsewhere": [*HEADER, *IN_PLACE, *NOT_SHOWN],
+            "searched": [*block_keys, *IN_PLACE]}
 
 
 def metric_columns(several_runs: bool, columns: Sequence[str] = COLUMNS) -> list[dict[str, Any]]:
@@ -177,12 +189,14 @@ def build_data(runs: list[Run], images: dict[str, bytes], sections: Sequence[Sec
             t = {k: v for k, v in rec.items() if k not in QUESTION_KEYS}
             if trace.prompt != q["prompt"]:
                 t["prompt"] = trace.prompt  # rare: keep a prompt that differs per budget
+            t["insertions"] = page_insertions(rec)
             t["q"] = qindex[key]
             traces.append(t)
     # Stable order for the list: run, benchmark, question, budget.
     traces.sort(key=lambda t: (questions[t["q"]]["run"], str(questions[t["q"]]["source"]),
                                str(questions[t["q"]]["id"]), t.get("budget") or 0))
-    _share_prefixes(traces)
+    for shared in ("thinking", "insertions", "screened"):
+        _share_prefixes(traces, shared)
     names = [r.name for r in runs]
     section_images = section_images or {}
     # A link names its trace by run name, source, id and budget (the report keeps run names unique).
@@ -217,25 +231,78 @@ def _data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
-def _share_prefixes(traces: list[dict]) -> None:
-    """Store each question's thinking once across budgets. In a cut sweep the thinking at a
-    lower budget is a prefix of the thinking at a higher one, so a sweep up to 8192 would
-    otherwise carry about twice its longest traces. A trace whose thinking is a prefix of a
-    longer one's (same run and question) keeps {"prefix_of": index, "units": length}, the
-    length in UTF-16 code units as JavaScript's slice counts them."""
+def _units(text: str) -> int:
+    """The length of text in UTF-16 code units, as JavaScript's String.slice counts it."""
+    return len(text.encode("utf-16-le")) // 2
+
+
+def _share_prefixes(traces: list[dict], key: str) -> None:
+    """Store each question's `key` (a text or a list) once across budgets. In a cut sweep the
+    thinking at a lower budget is a prefix of the thinking at a higher one, and so are its
+    insertions (those before its budget), so a sweep up to 8192 would otherwise carry about twice
+    its longest traces. A trace whose value starts a longer one's (same run and question) keeps
+    {"prefix_of": index, "units": length} for a text, the length in UTF-16 code units as
+    JavaScript's slice counts them, or {"prefix_of": index, "items": length} for a list."""
     by_question: dict[int, list[int]] = {}
     for i, t in enumerate(traces):
-        if isinstance(t.get("thinking"), str) and t["thinking"]:
+        if isinstance(t.get(key), (str, list)) and t[key]:
             by_question.setdefault(t["q"], []).append(i)
     for idxs in by_question.values():
-        anchors: list[int] = []  # traces that keep their full text
-        for i in sorted(idxs, key=lambda i: -len(traces[i]["thinking"])):
-            text = traces[i]["thinking"]
-            j = next((a for a in anchors if traces[a]["thinking"].startswith(text)), None)
+        anchors: list[int] = []  # traces that keep their full value
+        for i in sorted(idxs, key=lambda i: -len(traces[i][key])):
+            value = traces[i][key]
+            j = next((a for a in anchors if type(traces[a][key]) is type(value)
+                      and traces[a][key][:len(value)] == value), None)
             if j is None:
                 anchors.append(i)
+            elif isinstance(value, str):
+                traces[i][key] = {"prefix_of": j, "units": _units(value)}
             else:
-                traces[i]["thinking"] = {"prefix_of": j, "units": len(text.encode("utf-16-le")) // 2}
+                traces[i][key] = {"prefix_of": j, "items": len(value)}
+
+
+def page_insertions(rec: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """A trace's knowledge insertions as the page draws them (None when it has none).
+
+    Each gets "units": its place in the text it went into (the thinking, or the prompt) in UTF-16
+    units, and "inline": how many units there are its own text (0 when that text does not hold it,
+    and the block goes in between). A prompt insertion without char_at sits where its text is in
+    the prompt, else before the question. Text the page holds anyway is left out: an inline
+    insertion's text, and a passage's text that the inserted text contains. A thinking insertion
+    at or past the trace's budget belongs to a larger budget of the sweep and is not shown here.
+    Read defensively: runs written before these fields, or with a malformed one, still render."""
+    given = rec.get("insertions")
+    if not isinstance(given, list):
+        return None
+    budget, out = rec.get("budget"), []
+    for x in given:
+        if not isinstance(x, dict):
+            continue
+        char_at, at = x.get("char_at"), x.get("at")
+        where = x["where"] if x.get("where") in ("prompt", "thinking") else "prompt" if char_at is None else "thinking"
+        if where == "thinking" and isinstance(at, int) and isinstance(budget, int) and at >= budget:
+            continue
+        text = x["text"] if isinstance(x.get("text"), str) else ""
+        host = str(rec.get(where) or "")
+        if isinstance(char_at, int) and not isinstance(char_at, bool):
+            pos = min(max(char_at, 0), len(host))
+        elif where == "thinking":
+            pos = len(host)
+        else:
+            pos = host.find(text) if text else -1
+            if pos < 0:
+                question = str(rec.get("question") or "")
+                pos = max(host.find(question), 0) if question else 0
+        inline = bool(text) and host.startswith(text, pos)
+        shown = {k: v for k, v in x.items() if k not in ("passages", "text")}
+        shown.update(where=where, units=_units(host[:pos]), inline=_units(text) if inline else 0)
+        if not inline:
+            shown["text"] = text
+        passages = x["passages"] if isinstance(x.get("passages"), list) else []
+        shown["passages"] = [{k: v for k, v in p.items() if not (k == "text" and isinstance(v, str) and v in text)}
+                             for p in passages if isinstance(p, dict)]
+        out.append(shown)
+    return out or None
 
 
 def write_html(path, runs: list[Run], images: dict[str, bytes] | None = None, sections: Sequence[Section] = (),

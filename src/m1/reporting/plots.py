@@ -61,9 +61,13 @@ def grid(n: int, width: float = 4.2, height: float = 3.2):
 
 
 def budget_axis(ax, budgets) -> None:
-    """A log2 budget axis ticked at the budgets that were run (linear ticks thinned when dense)."""
-    ax.set_xscale("log", base=2)
+    """A log2 budget axis ticked at the budgets that were run (linear ticks thinned when dense);
+    with budget 0 (answer at once) in the run, linear from 0 to the smallest other budget."""
     ticks = sorted(set(budgets))
+    if ticks and ticks[0] == 0:
+        ax.set_xscale("symlog", base=2, linthresh=ticks[1] if len(ticks) > 1 else 1, linscale=0.5)
+    else:
+        ax.set_xscale("log", base=2)
     if len(ticks) > 12:  # a dense sweep (32:2048:32): label powers of two only
         ticks = [b for b in ticks if b & (b - 1) == 0] or ticks[:: max(1, len(ticks) // 8)]
     ax.set_xticks(ticks)

@@ -32,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from dataclasses import dataclass, field, replace
-from typing import Callable, Literal, Sequence
+from typing import Callable, Literal, Protocol, Sequence
 
 from m1.engines.base import Engine, GenRequest, GenResult, common_prefix, run_sync
 from m1.errors import M1Error
@@ -53,44 +53,116 @@ class ThinkingParams:
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int = 0
+    min_thinking: int = 0  # an end before this many thinking ids is replaced by the ignore string
 
     def __post_init__(self):
-        if self.budget <= 0:
-            raise M1Error(f"thinking budget must be a positive number of tokens, got {self.budget}")
+        if self.budget < 0:
+            raise M1Error(f"thinking budget must be 0 or more tokens, got {self.budget}")
+        if self.min_thinking < 0:
+            raise M1Error(f"minimum thinking must be >= 0 tokens, got {self.min_thinking}")
         if self.forcing_rounds < 0:
             raise M1Error(f"forcing rounds must be >= 0, got {self.forcing_rounds}")
         if self.answer_max_tokens <= 0:
             raise M1Error(f"answer max tokens must be positive, got {self.answer_max_tokens}")
 
 
+@dataclass(frozen=True)
+class Insertion:
+    """Text put into the thinking (knowledge, m1.knowledge): context the model reads, not thinking
+    it wrote. `at`: thinking ids before it; `kept`: its ids in context (all of them, unless it
+    counts against the budget and the budget cut it)."""
+
+    at: int
+    ids: tuple[int, ...]
+    text: str
+    counted: bool = False
+    kept: int = -1  # -1: all
+    query: str | None = None
+    passages: tuple[dict, ...] = ()
+
+    @property
+    def in_context(self) -> tuple[int, ...]:
+        return self.ids if self.kept < 0 else self.ids[: self.kept]
+
+
 @dataclass
 class Thinking:
     """One question's thinking, as ids in context."""
 
-    ids: list[int]
+    ids: list[int]  # the thinking: generated ids plus any ignore strings (what the budget counts)
     ended: Ending
     forced_at: list[int] = field(default_factory=list)  # positions where "Wait" went in
     finish_reasons: list[str] = field(default_factory=list)
     generated: int = 0  # ids the engine produced, dropped delimiters included
-    # Text of the stop that ended the last round (the think delimiter, or the end of the
-    # turn when the model skipped it); None when the budget ended thinking.
+    # Text of the stop that ended the last round (the think delimiter, or the end of the turn
+    # when the model skipped it); None when the budget ended thinking.
     stop: str | None = None
+    insertions: list[Insertion] = field(default_factory=list)  # by position
+    short_at: list[int] = field(default_factory=list)  # the forced_at that --min-thinking made
+    # The model ended on the budget's last id and forcing would have gone on, but the ignore
+    # string did not fit: a larger budget (think_one's resume) puts it in before anything else.
+    ended_at_edge: bool = False
 
     @property
     def rounds(self) -> int:
         return len(self.forced_at)
 
+    @property
+    def used(self) -> int:
+        """What the budget has spent: the thinking, plus inserted ids where they count."""
+        return len(self.ids) + sum(len(i.in_context) for i in self.insertions if i.counted)
+
+    def context_ids(self) -> list[int]:
+        """The thinking as the model's context holds it: insertions in place."""
+        out: list[int] = []
+        pos = 0
+        for ins in self.insertions:
+            out += self.ids[pos:ins.at]
+            out += ins.in_context
+            pos = ins.at
+        return out + self.ids[pos:]
+
     def at_budget(self, budget: int) -> Thinking:
-        """The thinking a run at `budget` would have produced (see module docstring)."""
-        if self.ended == "natural" and len(self.ids) <= budget:
+        """The thinking a run at `budget` would have produced (see module docstring): the
+        context cut where the budget is spent. An insertion the budget reaches first is not
+        made; one that counts against the budget may be cut."""
+        if self.ended == "natural" and self.used <= budget:
             return self
+        remaining, pos = budget, 0
+        kept: list[Insertion] = []
+        for ins in self.insertions:
+            step = min(ins.at - pos, remaining)
+            remaining, pos = remaining - step, pos + step
+            if remaining <= 0:
+                break
+            if ins.counted:
+                n = min(len(ins.in_context), remaining)
+                remaining -= n
+                ins = replace(ins, kept=n)
+            kept.append(ins)
+        n_ids = min(len(self.ids), pos + remaining)
         return Thinking(
-            ids=self.ids[:budget],
+            ids=self.ids[:n_ids],
             ended="budget",
-            forced_at=[p for p in self.forced_at if p < budget],
+            forced_at=[p for p in self.forced_at if p < n_ids],
             finish_reasons=self.finish_reasons,
             generated=self.generated,
+            insertions=kept,
+            short_at=[p for p in self.short_at if p < n_ids],
         )
+
+
+class Injector(Protocol):
+    """Puts text into one question's thinking at `points` (positions in budget spent): what
+    `text_at` returns for the i-th point, given the thinking so far and the insertions made in
+    it (None: nothing there). It must depend on nothing else: independent runs of one question
+    at several budgets share it."""
+
+    points: tuple[int, ...]
+    counted: bool
+
+    async def text_at(self, index: int, thinking_text: str, before: Sequence[Insertion]
+                      ) -> tuple[str, str | None, list[dict]] | None: ...
 
 
 @dataclass
@@ -143,53 +215,93 @@ class BudgetController:
         return list(prompt_ids) + self.think_start_ids
 
     async def think_one(self, prompt: Sequence[int], key: str, budget: int | None = None,
-                        log: ContextLog | None = None, resume: Thinking | None = None) -> Thinking:
+                        log: ContextLog | None = None, resume: Thinking | None = None,
+                        injector: Injector | None = None) -> Thinking:
         """One question's thinking under `budget` (default: params.budget), forcing as configured.
 
         `resume`: thinking cut by a smaller budget, continued from where it stopped. Under
         greedy decoding (and a batch-invariant engine) that gives the same ids as thinking
-        to `budget` in one go, since every request sees the same context up to each token."""
-        budget = budget or self.params.budget
+        to `budget` in one go, since every request sees the same context up to each token.
+        `injector`: text put into the thinking at its points; a round stops at each point, and
+        the text goes in at the start of the next round, so every budget of a sweep inserts at
+        the same places (a point the budget reaches first is never inserted)."""
+        budget = self.params.budget if budget is None else budget
         p = self.params
         s = Thinking(ids=[], ended="budget")
         if resume is not None:
             s = Thinking(ids=list(resume.ids), ended="budget", forced_at=list(resume.forced_at),
-                         finish_reasons=list(resume.finish_reasons), generated=resume.generated)
+                         finish_reasons=list(resume.finish_reasons), generated=resume.generated,
+                         insertions=list(resume.insertions), short_at=list(resume.short_at))
             if s.finish_reasons[-1:] == ["length"]:
                 s.finish_reasons.pop()  # that round goes on here: one entry per round, as in one request
-            if s.forced_at and len(s.ids) - s.forced_at[-1] < len(self.ignore_ids):
-                # The smaller budget cut the ignore string; a run to `budget` has the rest of it.
-                s.ids += self.ignore_ids[len(s.ids) - s.forced_at[-1]:][:budget - len(s.ids)]
-        while len(s.ids) < budget:
+            self._complete_cut(s, budget)
+            if resume.ended_at_edge and s.used < budget:
+                self._force(s, budget)
+        points = injector.points if injector is not None else ()
+        while s.used < budget:
+            due = [i for i, pt in enumerate(points) if pt <= s.used and i >= len(s.insertions)]
+            if due and injector is not None:
+                await self._insert(s, injector, due[0], budget)
+                continue
+            upcoming = [pt for i, pt in enumerate(points) if i >= len(s.insertions) and pt > s.used]
+            limit = min([budget, *upcoming[:1]])
+            room = limit - s.used
             req = GenRequest(
-                prompt_ids=tuple(self.think_prompt(prompt) + s.ids),
-                max_new_tokens=budget - len(s.ids) + self.delimiter_len,
+                prompt_ids=tuple(self.think_prompt(prompt) + s.context_ids()),
+                max_new_tokens=room + self.delimiter_len,
                 stop_token_ids=self.think_stop_ids,
                 stop_strings=self.think_stop_strs,
                 temperature=p.temperature,
                 top_p=p.top_p,
-                seed=request_seed(p.seed, key, "think", s.rounds),
+                seed=request_seed(p.seed, key, "think", s.rounds, *((len(s.insertions),) if s.insertions else ())),
                 priority=len(s.ids),  # least-advanced first (module doc)
             )
             res = await self._submit(req, log)
             s.generated += len(res.token_ids)
             s.finish_reasons.append(res.finish_reason)
-            room = budget - len(s.ids)
             if res.finish_reason == "stop" and res.stop_index <= room:
                 s.ids += res.token_ids[: res.stop_index]
                 s.stop = self.engine.detokenize(res.token_ids[res.stop_index:])
-                if s.rounds >= p.forcing_rounds:
+                short = len(s.ids) < p.min_thinking
+                if not short and s.rounds - len(s.short_at) >= p.forcing_rounds:
                     s.ended = "natural"
                     break
-                room = budget - len(s.ids)
-                if room == 0:  # the ignore string does not fit: the budget ends it
+                if s.used == budget:  # the ignore string does not fit: the budget ends it
+                    s.ended_at_edge = True
                     break
-                s.forced_at.append(len(s.ids))
-                s.ids += self.ignore_ids[:room]
+                self._force(s, budget)
             else:
                 s.ids += res.token_ids[:room]
-                break
+                if limit == budget or len(res.token_ids) < room:  # the budget, or the context, is spent
+                    break
         return s
+
+    def _force(self, s: Thinking, budget: int) -> None:
+        """Replace the model's end of thinking with the ignore string (cut by the budget if need be)."""
+        if len(s.ids) < self.params.min_thinking:
+            s.short_at.append(len(s.ids))
+        s.forced_at.append(len(s.ids))
+        s.ids += self.ignore_ids[:budget - s.used]
+
+    def _complete_cut(self, s: Thinking, budget: int) -> None:
+        """A smaller budget cut an ignore string or a counted insertion mid-way; a run to `budget`
+        has the rest of it."""
+        if s.forced_at and len(s.ids) - s.forced_at[-1] < len(self.ignore_ids):
+            s.ids += self.ignore_ids[len(s.ids) - s.forced_at[-1]:][:budget - s.used]
+        if s.insertions and s.insertions[-1].at == len(s.ids) and 0 <= s.insertions[-1].kept:
+            last = s.insertions[-1]
+            kept = min(len(last.ids), last.kept + budget - s.used)
+            s.insertions[-1] = replace(last, kept=-1 if kept == len(last.ids) else kept)
+
+    async def _insert(self, s: Thinking, injector: Injector, index: int, budget: int) -> None:
+        got = await injector.text_at(index, self.engine.detokenize(s.ids), list(s.insertions))
+        text, query, passages = got if got is not None else ("", None, [])
+        ids = tuple(self.engine.tokenize(text)) if text else ()
+        ins = Insertion(at=len(s.ids), ids=ids, text=text, counted=injector.counted, query=query,
+                        passages=tuple(passages))
+        if injector.counted and len(ids) > budget - s.used:  # the budget cuts it
+            ins = replace(ins, kept=budget - s.used)
+        s.insertions.append(ins)  # an empty one too: the point is passed
 
     async def _submit(self, req: GenRequest, log: ContextLog | None) -> GenResult:
         res = await self.engine.submit(req)
@@ -208,7 +320,8 @@ class BudgetController:
             return None
         p = self.params
         return GenRequest(
-            prompt_ids=tuple(self.think_prompt(prompt) + thinking.ids + self._prefix_ids(self.answer_prefix(thinking))),
+            prompt_ids=tuple(self.think_prompt(prompt) + thinking.context_ids()
+                             + self._prefix_ids(self.answer_prefix(thinking))),
             max_new_tokens=p.answer_max_tokens,
             stop_token_ids=self.answer_stop_ids,
             stop_strings=self.answer_stop_strs,
@@ -254,16 +367,18 @@ class BudgetController:
         return out
 
     async def question(self, prompt: Sequence[int], key: str, budgets: Sequence[int], method: str = "cut",
-                       log: ContextLog | None = None,
-                       option_letters: Sequence[str] = ()) -> dict[int, tuple[Thinking, Answer]]:
+                       log: ContextLog | None = None, option_letters: Sequence[str] = (),
+                       injector: Injector | None = None) -> dict[int, tuple[Thinking, Answer]]:
         """One question's whole sweep: {budget: (thinking, answer)}.
 
         method "cut": think once at the largest budget and cut (exact, see module doc).
         method "independent": think from scratch for each budget (the official way).
-        `option_letters`: the item's option letters, probed in every answer (answer_request)."""
+        `option_letters`: the item's option letters, probed in every answer (answer_request).
+        `injector`: knowledge put into the thinking (think_one), at the same places for every budget."""
         budgets = sorted(set(budgets), reverse=True)
         if method == "independent":
-            thinkings = list(await asyncio.gather(*(self.think_one(prompt, key, b, log) for b in budgets)))
+            thinkings = list(await asyncio.gather(*(self.think_one(prompt, key, b, log, injector=injector)
+                                                    for b in budgets)))
             answers = await self.answers(prompt, thinkings, key, log, option_letters)
             return {b: (t, a) for b, t, a in zip(budgets, thinkings, answers)}
         if method != "cut":
@@ -272,7 +387,7 @@ class BudgetController:
         stage: Thinking | None = None
         try:
             for b in reversed(budgets):
-                stage = await self.think_one(prompt, key, b, log, resume=stage)
+                stage = await self.think_one(prompt, key, b, log, resume=stage, injector=injector)
                 if stage.ended == "natural" or b == budgets[0]:
                     break
                 early[b] = asyncio.ensure_future(self.answers(prompt, [stage], key, log, option_letters))

@@ -8,6 +8,7 @@ from __future__ import annotations
 from m1.reporting.analyses.domains import OfflineLabeller, domains
 from m1.reporting.analyses.failures import failures
 from m1.reporting.analyses.forcing import forcing
+from m1.reporting.analyses.knowledge import knowledge
 from m1.reporting.analyses.scaling import scaling
 from m1.reporting.analyses.seeds import seeds
 from m1.reporting.analyses.trajectory import adaptive, trajectory
@@ -20,4 +21,4 @@ def trajectory_by_domain(runs: list[Run]) -> Section | None:
     return trajectory(runs, labeller=OfflineLabeller())
 
 
-ANALYSES: list[Analysis] = [scaling, forcing, domains, failures, trajectory_by_domain, adaptive, seeds]
+ANALYSES: list[Analysis] = [scaling, forcing, knowledge, domains, failures, trajectory_by_domain, adaptive, seeds]

@@ -57,12 +57,16 @@
   }
   function badge(outcome) { return el("span", {class: "badge " + (outcome || "")}, outcome || "?"); }
 
-  // ---- a trace's fields: its own, else its question's; a thinking stored once for a sweep is
-  // {prefix_of: trace index, units: UTF-16 length} (see build_data) and is sliced back here.
+  // ---- a trace's fields: its own, else its question's; a thinking (or a list: insertions,
+  // screened) stored once for a sweep is {prefix_of: trace index, units: UTF-16 length} ({..., items:
+  // list length}) (see build_data) and is sliced back here.
   const q = (t) => QS[t.q];
   function value(t, key) {
     const v = key in t ? t[key] : q(t)[key];
-    if (v && typeof v === "object" && "prefix_of" in v) return String(TS[v.prefix_of][key] || "").slice(0, v.units);
+    if (v && typeof v === "object" && "prefix_of" in v) {
+      const full = TS[v.prefix_of][key];
+      return "items" in v ? (full || []).slice(0, v.items) : String(full || "").slice(0, v.units);
+    }
     return v;
   }
   const textOf = (t, key) => {
@@ -72,6 +76,52 @@
   const thinkingOf = (t) => textOf(t, "thinking");
   const answerOf = (t) => textOf(t, "answer_prefix") + textOf(t, "answer");
   const multiRun = RUNS.length > 1;
+
+  // ---- knowledge a trace was given (html.page_insertions): each insertion has its place in the
+  // text it went into ("units", UTF-16) and how many units there are its own text ("inline").
+  const insertionsOf = (t, where) => (value(t, "insertions") || []).filter((x) => x.where === where);
+  const condition = (t) => (t.knowledge && t.knowledge !== "none"
+    ? "knowledge " + t.knowledge + (t.knowledge_where ? " in the " + t.knowledge_where : "") : "");
+  // A text with its insertions in place: the prompt's or the model's own words stay text nodes;
+  // each insertion is a bordered block that folds (an inline one takes its text out of the flow).
+  function withInsertions(text, ins, open) {
+    const out = [];
+    let pos = 0;
+    for (const x of ins.slice().sort((a, b) => a.units - b.units)) {
+      const at = Math.max(pos, Math.min(x.units, text.length));
+      if (at > pos) out.push(text.slice(pos, at));
+      out.push(insertion(x, x.inline ? text.slice(at, at + x.inline) : String(x.text || ""), open));
+      pos = at + (x.inline || 0);
+    }
+    if (pos < text.length) out.push(text.slice(pos));
+    return out;
+  }
+  function insertion(x, text, open) {
+    const ps = x.passages || [];
+    const where = x.where === "prompt" ? "in the prompt" : "inserted after " + txt(x.at) + " thinking tokens";
+    const props = {class: "ins", "data-where": x.where, "data-at": txt(x.at)};
+    if (open) props.open = "";
+    return el("details", props,
+      el("summary", null, "knowledge " + where + " · " + txt(x.tokens) + " tokens · " + ps.length +
+        (ps.length === 1 ? " passage" : " passages")),
+      x.query ? el("div", {class: "query"}, "query: " + x.query) : null,
+      ps.length ? el("ol", {class: "passages"}, ps.map((p) => el("li", null, el("b", {class: "pid"}, txt(p.id)),
+        " " + txt(p.source) + " · score " + fmt(p.score, "fixed3") + (p.title ? " · " + p.title : ""),
+        p.text ? el("div", {class: "ptext"}, p.text) : null))) : null,
+      el("div", {class: "ins-text"}, text));
+  }
+  // Tokens inserted beside the thinking tokens (whether the budget counted them is the run's choice).
+  function knowledgeNote(t, where, ins) {
+    if (!ins.length) return null;
+    const n = ins.reduce((s, x) => s + (Number(x.tokens) || 0), 0);
+    if (where === "prompt") return n + " knowledge tokens before the question";
+    const head = ins.length + (ins.length === 1 ? " insertion · " : " insertions · ") + n + " tokens inserted";
+    if (RUNS[q(t).run].config.knowledge_counted) {
+      return head + ", counted against the budget · " + txt(t.thinking_tokens) + " thinking tokens, " +
+        txt(t.thinking_tokens - n) + " of them the model's";
+    }
+    return head + ", not counted against the budget · " + txt(t.thinking_tokens) + " thinking tokens of the model's";
+  }
 
   // ---- page skeleton
   document.title = D.title;
@@ -213,15 +263,15 @@
     el("div", {class: "viewer"}, list, detail)]);
 
   // Lower-cased text to search: every text block of the detail view (question, options, thinking,
-  // answer, graded text...), built on first search (it doubles the memory of the texts).
-  const searched = [].concat(...DETAIL.blocks.map((b) => b.keys));
+  // answer, graded text...) and the knowledge inserted, built on first search (it doubles the
+  // memory of the texts).
+  const searched = DETAIL.searched;
+  const flat = (v) => (v === null || v === undefined ? ""
+    : typeof v === "object" ? Object.values(v).map(flat).join("\n") : String(v));
   let hay = null;
   function haystack() {
     if (hay) return hay;
-    hay = TS.map((t) => searched.map((k) => {
-      const v = value(t, k);
-      return v && typeof v === "object" ? Object.values(v).join("\n") : textOf(t, k);
-    }).join("\n").toLowerCase());
+    hay = TS.map((t) => searched.map((k) => flat(value(t, k))).join("\n").toLowerCase());
     return hay;
   }
 
@@ -262,7 +312,8 @@
       const row = el("div", {class: "row" + (i === selected ? " sel" : ""), "data-idx": i},
         el("div", {class: "top"}, badge(t.outcome), el("span", {class: "id"}, txt(qq.id)),
           el("span", {class: "meta"}, "budget " + t.budget + " · " + qq.source +
-             (multiRun ? " · " + RUNS[qq.run].name : "") + " · " + txt(t.thinking_tokens) + " think tok")),
+             (multiRun ? " · " + RUNS[qq.run].name : "") + " · " + txt(t.thinking_tokens) + " think tok" +
+             (condition(t) ? " · " + t.knowledge : ""))),
         el("div", {class: "snip"}, qq.snippet));
       row.style.top = (k * ROW_H) + "px";
       row.addEventListener("click", () => openTrace(i));
@@ -332,9 +383,18 @@
     return ol;
   }
   function block(t, b) {
+    if (b.kind === "screened") {  // passages decontamination removed: shown only where there were some
+      const gone = value(t, b.keys[0]) || [];
+      return gone.length ? [el("div", {class: "sect"}, b.label + " (" + gone.length + ")"),
+        el("ul", {class: "screened", id: "d-" + b.id}, gone.map((p) => el("li", null, el("b", null, txt(p.id)),
+          " " + txt(p.source) + " · rule " + txt(p.rule) + " · score " + fmt(p.score, "fixed3"))))] : null;
+    }
+    const ins = b.insertions ? insertionsOf(t, b.insertions) : [];
+    const text = b.keys.map((k) => textOf(t, k)).join("");
     const body = b.kind === "options" ? optionList(t, b.keys[0])
-      : el("pre", {id: "d-" + b.id}, b.keys.map((k) => textOf(t, k)).join(""));
-    return [el("div", {class: "sect"}, b.label), body];
+      : el("pre", {id: "d-" + b.id}, ins.length ? withInsertions(text, ins, true) : text);
+    const note = knowledgeNote(t, b.insertions, ins);
+    return [el("div", {class: "sect"}, b.label, note ? el("span", {class: "note"}, " · " + note) : null), body];
   }
   const covered = new Set(["q"].concat(DETAIL.elsewhere, DETAIL.stats.map((s) => s.key), searched));
 
@@ -346,6 +406,7 @@
     add(detail, [
       el("div", {class: "dhead"}, el("h3", {id: "d-title"}, txt(qq.id) + " · budget " + t.budget), badge(t.outcome),
         el("span", {id: "d-where"}, qq.source + (multiRun ? " · " + RUNS[qq.run].name : "")),
+        condition(t) ? el("span", {class: "kn", id: "d-knowledge"}, condition(t)) : null,
         el("button", {class: "act", id: "btn-compare", onclick: () => openCompare(i)}, "compare across budgets")),
       el("div", {class: "stats"}, DETAIL.stats.map((s) => statOf(t, s))),
       DETAIL.blocks.map((b) => block(t, b)),
@@ -387,7 +448,8 @@
           el("div", {class: "h", title: "open this trace", onclick: () => openTrace(j)},
             el("b", null, "budget " + t.budget), badge(t.outcome), el("span", null, "letter " + txt(t.letter)),
             el("span", null, txt(t.thinking_tokens) + " tok, ended by " + txt(t.thinking_ended))),
-          el("div", {class: "sect"}, "Thinking"), el("pre", {class: "c-thinking"}, thinkingOf(t)),
+          el("div", {class: "sect"}, "Thinking"),
+          el("pre", {class: "c-thinking"}, withInsertions(thinkingOf(t), insertionsOf(t, "thinking"), false)),
           el("div", {class: "sect"}, "Answer"), el("pre", {class: "c-answer"}, answerOf(t))));
       }
       wrap.appendChild(grid);
