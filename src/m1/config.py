@@ -300,6 +300,18 @@ class EvalConfig:
                                if k not in SCHEDULING_OPTIONS}
         return d
 
+    @classmethod
+    def comparison_key(cls, config: dict, varying: Iterable[str] = ()) -> str:
+        """What two saved runs must share to be compared while `varying` fields differ: their
+        identity without those fields. Fields a run lacks (saved before they existed) take the
+        defaults, so an old run compares with a new one that left them alone."""
+        defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[operator]
+                    for f in fields(cls)}
+        defaults["budgets"] = list(defaults["budgets"])
+        varying = set(varying)
+        ident = {k: v for k, v in cls.identity({**defaults, **config}).items() if k not in varying}
+        return json.dumps(ident, sort_keys=True, default=str)
+
     def fingerprint(self) -> str:
         """Short hash of everything that changes results (so a rerun finds its folder)."""
         blob = json.dumps(self.identity(self.to_dict()), sort_keys=True).encode()

@@ -21,8 +21,16 @@ from typing import Any
 import numpy as np
 
 from m1.errors import M1Error
-from m1.knowledge.corpus import Chunk, CorpusFile, PassageStore, build_once, cache_root, open_corpus, write_store
-from m1.knowledge.passages import Passage
+from m1.knowledge.corpus import (
+    Chunk,
+    CorpusFile,
+    PassageStore,
+    StoreRetriever,
+    build_once,
+    cache_root,
+    open_corpus,
+    write_store,
+)
 
 FORMAT = 1  # of the cache folder; a change rebuilds every cached index once
 STOPWORDS = "en"
@@ -54,7 +62,7 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     return np.concatenate([above, tied])
 
 
-class BM25Retriever:
+class BM25Retriever(StoreRetriever):
     """`search(query, k)` over one corpus. `built` says whether this construction built the index
     (False: loaded from the cache); `seconds` is how long building or loading took."""
 
@@ -110,22 +118,6 @@ class BM25Retriever:
             rows = top_k(scores, k)
             out.append((rows, scores[rows]))
         return out
-
-    def search_many(self, queries: list[str], k: int) -> list[list[Passage]]:
-        return [[self.passage(r, s) for r, s in zip(rows, scores)] for rows, scores in self.rank_many(queries, k)]
-
-    def search(self, query: str, k: int) -> list[Passage]:
-        return self.search_many([query], k)[0]
-
-    def passage(self, row: int, score: float) -> Passage:
-        c = self._store[row]
-        if c.extra:
-            self._extra[c.id] = c.extra
-        return Passage(id=c.id, source=self.corpus.name, title=c.title, text=c.content, score=float(score))
-
-    def extra(self, passage_id: str) -> dict[str, Any]:
-        """The corpus line's other fields (e.g. {"pmid": ...}) of a passage this retriever returned."""
-        return self._extra.get(passage_id, {})
 
     def describe(self) -> dict[str, Any]:
         return {"retriever": self.kind, "corpus": self.corpus.name, "corpus_hash": self.corpus.hash,

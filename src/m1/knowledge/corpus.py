@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from m1.errors import M1Error, first_line
+from m1.knowledge.passages import Passage
 
 FORMAT_HINT = "a .jsonl corpus of {id, title, content} lines"
 HINT = f"give {FORMAT_HINT}"
@@ -267,3 +268,31 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+class StoreRetriever:
+    """What every retriever over a passage store shares: ranked rows (`rank_many`, the subclass's)
+    made into Passages, and the corpus fields of the passages handed out (a PubMedQA "pmid")."""
+
+    corpus: CorpusFile
+    _store: PassageStore
+    _extra: dict[str, dict[str, Any]]
+
+    def rank_many(self, queries: list[str], k: int) -> list[tuple[Any, Any]]:
+        raise NotImplementedError
+
+    def search_many(self, queries: list[str], k: int) -> list[list[Passage]]:
+        return [[self.passage(r, s) for r, s in zip(rows, scores)] for rows, scores in self.rank_many(queries, k)]
+
+    def search(self, query: str, k: int) -> list[Passage]:
+        return self.search_many([query], k)[0]
+
+    def passage(self, row: int, score: float) -> Passage:
+        c = self._store[row]
+        if c.extra:
+            self._extra[c.id] = c.extra
+        return Passage(id=c.id, source=self.corpus.name, title=c.title, text=c.content, score=float(score))
+
+    def extra(self, passage_id: str) -> dict[str, Any]:
+        """The corpus line's other fields (e.g. {"pmid": ...}) of a passage this retriever returned."""
+        return self._extra.get(passage_id, {})

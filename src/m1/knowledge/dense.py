@@ -19,7 +19,15 @@ import numpy as np
 
 from m1.errors import M1Error, first_line
 from m1.knowledge.bm25 import BM25Retriever, check_k, top_k
-from m1.knowledge.corpus import CorpusFile, PassageStore, build_once, cache_root, open_corpus, write_store
+from m1.knowledge.corpus import (
+    CorpusFile,
+    PassageStore,
+    StoreRetriever,
+    build_once,
+    cache_root,
+    open_corpus,
+    write_store,
+)
 from m1.knowledge.passages import Passage
 
 FORMAT = 1
@@ -58,7 +66,7 @@ def model_tag(model: str | None) -> str:
     return f"{base}-{hashlib.sha256(model.encode()).hexdigest()[:8]}"
 
 
-class DenseRetriever:
+class DenseRetriever(StoreRetriever):
     """Cosine similarity of normalized sentence embeddings; equal scores in corpus order."""
 
     kind = "dense"
@@ -129,22 +137,6 @@ class DenseRetriever:
                 rows = top_k(s, k)
                 out.append((rows, s[rows]))
         return out
-
-    def search_many(self, queries: list[str], k: int) -> list[list[Passage]]:
-        return [[self.passage(r, s) for r, s in zip(rows, scores)] for rows, scores in self.rank_many(queries, k)]
-
-    def search(self, query: str, k: int) -> list[Passage]:
-        return self.search_many([query], k)[0]
-
-    def passage(self, row: int, score: float) -> Passage:
-        c = self._store[row]
-        if c.extra:
-            self._extra[c.id] = c.extra
-        return Passage(id=c.id, source=self.corpus.name, title=c.title, text=c.content, score=float(score))
-
-    def extra(self, passage_id: str) -> dict[str, Any]:
-        """The corpus line's other fields (e.g. {"pmid": ...}) of a passage this retriever returned."""
-        return self._extra.get(passage_id, {})
 
     def describe(self) -> dict[str, Any]:
         return {"retriever": self.kind, "corpus": self.corpus.name, "corpus_hash": self.corpus.hash,

@@ -196,6 +196,13 @@ def describe(config: dict) -> str:
     return f"{model} · format {config.get('format')} · {config.get('engine')}"
 
 
+def questions_of(config: dict) -> str:
+    """Where a run's questions came from, in words: "benchmark medqa", "suite m1" or "file x.csv"."""
+    if config.get("data"):
+        return f"file {Path(config['data']).name}"
+    return f"suite {config['suite']}" if config.get("suite") else f"benchmark {config.get('benchmark')}"
+
+
 def figures(runs: list[Run]) -> dict[str, Figure]:
     """The basic plots, keyed like FILES; empty when there is nothing to plot."""
     if not any(run.traces for run in runs):

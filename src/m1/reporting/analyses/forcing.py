@@ -26,14 +26,13 @@ Figure forcing_accuracy[_gN]: accuracy against budget, one line per forcing leve
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections import defaultdict
 from typing import Any, Sequence
 
 from m1.config import EvalConfig
 from m1.reporting import stats
 from m1.reporting.metrics import wilson_interval
-from m1.reporting.plots import accuracy_panel, chance, describe, grid
+from m1.reporting.plots import accuracy_panel, chance, describe, grid, questions_of
 from m1.reporting.sections import Section, Table, TraceLink
 from m1.runs import Run, Trace
 
@@ -75,7 +74,7 @@ class Group:
 
     def describe(self) -> str:
         cfg = self.baseline.run.config
-        what = [describe(cfg), f"benchmark {cfg.get('suite') or cfg.get('benchmark')}", f"seed {cfg.get('seed')}"]
+        what = [describe(cfg), questions_of(cfg), f"seed {cfg.get('seed')}"]
         levels = ", ".join(f"{lv.run.name} ({lv.label(self.show_ignore)})" for lv in self.levels)
         text = f"{self.name}: {' · '.join(what)}; runs {levels}"
         if self.unused:
@@ -83,23 +82,9 @@ class Group:
         return text
 
 
-def _defaults() -> dict[str, Any]:
-    out = {}
-    for f in dataclasses.fields(EvalConfig):
-        if f.default is not dataclasses.MISSING:
-            out[f.name] = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            out[f.name] = f.default_factory()
-    out["budgets"] = list(out["budgets"])
-    return out
-
-
 def _key(config: dict[str, Any]) -> str:
-    """What must match for two runs to be compared: their identity without the forcing fields.
-    Fields a run's config lacks (saved before they existed) take EvalConfig's defaults."""
-    full = {**_defaults(), **config}
-    ident = {k: v for k, v in EvalConfig.identity(full).items() if k not in VARYING}
-    return json.dumps(ident, sort_keys=True, default=str)
+    """What must match for two runs to be compared: their identity without the forcing settings."""
+    return EvalConfig.comparison_key(config, VARYING)
 
 
 def forcing_groups(runs: Sequence[Run]) -> list[Group]:

@@ -48,7 +48,6 @@ budget; and a few whose thinking collapsed under a condition.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import re
 from collections import Counter, defaultdict
@@ -60,7 +59,7 @@ import numpy as np
 from m1.config import KNOWLEDGE_FIELDS, EvalConfig
 from m1.reporting import stats
 from m1.reporting.metrics import wilson_interval
-from m1.reporting.plots import accuracy_panel, chance, describe, grid
+from m1.reporting.plots import accuracy_panel, chance, describe, grid, questions_of
 from m1.reporting.sections import Section, Table, TraceLink
 from m1.runs import Run, Trace
 
@@ -174,7 +173,7 @@ class Group:
 
     def describe(self) -> str:
         cfg = self.none.run.config
-        what = [describe(cfg), f"benchmark {cfg.get('suite') or cfg.get('benchmark')}", f"seed {cfg.get('seed')}"]
+        what = [describe(cfg), questions_of(cfg), f"seed {cfg.get('seed')}"]
         conds = ", ".join(f"{c.run.name} ({c.label})" for c in self.everything)
         text = f"{self.name}: {' · '.join(what)}; runs {conds}"
         if self.unused:
@@ -182,23 +181,9 @@ class Group:
         return text
 
 
-def _defaults() -> dict[str, Any]:
-    out = {}
-    for f in dataclasses.fields(EvalConfig):
-        if f.default is not dataclasses.MISSING:
-            out[f.name] = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            out[f.name] = f.default_factory()
-    out["budgets"] = list(out["budgets"])
-    return out
-
-
 def _key(config: dict[str, Any]) -> str:
-    """What must match for two runs to be compared: their identity without the knowledge settings.
-    Fields a run's config lacks (saved before they existed) take EvalConfig's defaults."""
-    full = {**_defaults(), **config}
-    ident = {k: v for k, v in EvalConfig.identity(full).items() if k not in VARYING}
-    return json.dumps(ident, sort_keys=True, default=str)
+    """What must match for two runs to be compared: their identity without the knowledge settings."""
+    return EvalConfig.comparison_key(config, VARYING)
 
 
 def knowledge_groups(runs: Sequence[Run]) -> list[Group]:
