@@ -1,7 +1,7 @@
 """Knowledge or reasoning? Accuracy against thinking budget with and without the missing knowledge.
 
     pip install -e ".[qwen]"
-    python bench/knowledge.py --data ../shared/data/medbullets/medbullets_op4.csv --limit 40
+    python bench/knowledge.py --data ../shared/data/medbullets/medbullets_op4.csv --limit 16
     python bench/knowledge.py --smoke          # the embedded SmolLM2, the tests' 6 questions (CI)
 
 One model, one set of questions, one budget sweep (0 = answer at once), evaluated under each
@@ -21,6 +21,7 @@ going where a passage in the prompt would make the model answer at once (the iss
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import sys
 import time
@@ -42,8 +43,13 @@ CONDITIONS: dict[str, dict[str, Any]] = {  # label -> EvalConfig knowledge setti
     "bm25 prompt": {"knowledge": "retrieve"},
     "bm25 thinking": {"knowledge": "retrieve", "knowledge_where": "thinking", "knowledge_at": "1/16,1/4"},
 }
+# In the plain format the model's "end of thinking" is the end of its answer ("B. Vitamin C"); a bare
+# "Wait" glued to it reads as a new user turn to an instruct model (a first run of this bench saw
+# "B. Vitamin CWait, I'm sorry, but I can't assist with that." loops), so the forced text starts a
+# paragraph and says what to do.
+IGNORE = "\n\nWait, let me reason step by step."
 SMOKE = dict(model=None, data=str(REPO / "tests" / "data" / "knowledge_items.jsonl"), limit=0, budgets="0,8,16",
-             answer_max_tokens=8, min_thinking=16, k=2)
+             answer_max_tokens=8, min_thinking=16, k=2, ignore_str=IGNORE)
 
 
 def table(rows: list[dict], columns: list[str]) -> str:
@@ -58,10 +64,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     ap.add_argument("--model", default="qwen2.5-coder-0.5b", help="a model name (m1 models) or GGUF file")
     ap.add_argument("--data", default=str(MEDBULLETS), help="questions with explanations (MedBullets' release)")
-    ap.add_argument("--limit", type=int, default=40)
+    ap.add_argument("--limit", type=int, default=16)
     ap.add_argument("--budgets", default="0,64,128,256,512")
     ap.add_argument("--answer-max-tokens", type=int, default=16)
     ap.add_argument("--min-thinking", type=int, default=64)
+    ap.add_argument("--ignore-str", default=IGNORE,
+                    help="what replaces an end of thinking before --min-thinking (after the model's own words)")
     ap.add_argument("--k", type=int, default=3, help="passages per retrieval")
     ap.add_argument("--conditions", default=",".join(CONDITIONS), help="labels, comma-separated")
     ap.add_argument("--slots", type=int, default=8, help="sequences the engine decodes together")
@@ -69,7 +77,7 @@ def main() -> int:
     ap.add_argument("--smoke", action="store_true", help="embedded model, 6 hand-written questions, budgets 0,8,16")
     a = ap.parse_args()
     s = dict(model=a.model, data=a.data, limit=a.limit, budgets=a.budgets, answer_max_tokens=a.answer_max_tokens,
-             min_thinking=a.min_thinking, k=a.k)
+             min_thinking=a.min_thinking, k=a.k, ignore_str=a.ignore_str)
     if a.smoke:
         s = dict(SMOKE)
     labels = [c.strip() for c in a.conditions.split(",") if c.strip()]
@@ -78,6 +86,8 @@ def main() -> int:
         print(f"knowledge: unknown condition(s) {unknown}; known: {', '.join(CONDITIONS)}", file=sys.stderr)
         return 2
     out = Path(a.out + ("-smoke" if a.smoke else ""))
+    if a.smoke:  # throwaway figures: a smoke run starts afresh rather than resume an older smoke's runs
+        shutil.rmtree(out, ignore_errors=True)
     try:
         engine = make_engine("llamacpp", s["model"], n_slots=a.slots, ctx_per_slot=4096)
     except M1Error as err:
@@ -88,7 +98,7 @@ def main() -> int:
         for label in labels:
             cfg = m1.EvalConfig(data=s["data"], limit=s["limit"] or None, budgets=s["budgets"], format="plain",
                                 answer_max_tokens=s["answer_max_tokens"], min_thinking=s["min_thinking"],
-                                knowledge_k=s["k"], seed=0, **CONDITIONS[label])
+                                ignore_str=s["ignore_str"], knowledge_k=s["k"], seed=0, **CONDITIONS[label])
             start = time.perf_counter()
             run = m1.evaluate(cfg, out=out / label.replace(" ", "-"), engine=engine)
             wall = time.perf_counter() - start
@@ -105,7 +115,7 @@ def main() -> int:
     print(f"Real runs (m1 eval wrote each; m1 report over all of them in {out / 'report'}): model "
           f"{s['model'] or 'SmolLM2-135M (embedded)'}, {n} questions of {Path(s['data']).name}, "
           f"budgets {s['budgets']}, "
-          f"min thinking {s['min_thinking']}, k {s['k']}, format plain, greedy\n")
+          f"min thinking {s['min_thinking']} (ignore string {s['ignore_str']!r}), k {s['k']}, format plain, greedy\n")
     print("Cost per condition (one engine, every budget from one thinking pass per question)\n")
     print(table(cost, ["condition", "wall s", "questions", "mean prompt tokens", "mean knowledge tokens",
                        "knowledge code s", "knowledge share of wall", "context / minimum",

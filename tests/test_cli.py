@@ -112,8 +112,8 @@ def test_missing_model_file(tmp_path):
     assert "missing.gguf" in err
 
 
-def test_budget_not_positive(tmp_path):
-    assert "positive" in _bad(tmp_path, "eval", "--budgets", "64,0")
+def test_negative_budget(tmp_path):
+    assert "0 or more" in _bad(tmp_path, "eval", "--budgets", "64,-8")
 
 
 def test_malformed_data_row_names_file_line_and_field(tmp_path):

@@ -84,7 +84,8 @@ def test_retrieval_brings_k_passages_and_never_the_test_question(tmp_path, engin
     assert set(traces) == set(items)  # retrieval serves every question
     for t in traces.values():
         (ins,) = t.insertions
-        assert len(ins["passages"]) == 2 and all(p["source"] for p in ins["passages"])
+        # at most k, each sharing a word with the query (BM25's zero scores are not knowledge)
+        assert 1 <= len(ins["passages"]) <= 2 and all(p["source"] and p["score"] > 0 for p in ins["passages"])
         assert "leak-k2" not in [p["id"] for p in ins["passages"]]
         assert items[t.id].question not in ins["text"]
     assert "leak-k2" in [s["id"] for s in traces["k2"].screened]  # removed, and the trace says so

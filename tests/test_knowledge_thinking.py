@@ -81,14 +81,14 @@ def test_cut_sweep_equals_independent_runs_with_insertions(engine, prompts, medq
 def test_a_counted_insertion_the_budget_cuts_is_completed_by_a_larger_budget(engine, prompts, medqa_items):
     n = len(engine.tokenize(TEXT))
     ctl = ctl_for(engine, 40 + n, min_thinking=40 + n)
-    inj = FixedInjector((10,), counted=True)
-    small = run_sync(ctl.think_one(prompts[0], medqa_items[0].id, 10 + n // 2, injector=inj))
-    assert small.insertions[0].kept == n // 2 and small.used == 10 + n // 2
-    resumed = run_sync(ctl.think_one(prompts[0], medqa_items[0].id, 40 + n, resume=small,
-                                     injector=FixedInjector((10,), counted=True)))
-    whole = run_sync(ctl.think_one(prompts[0], medqa_items[0].id, 40 + n, injector=FixedInjector((10,), True)))
+    key = medqa_items[0].id
+    whole = run_sync(ctl.think_one(prompts[0], key, 40 + n, injector=FixedInjector((10,), True)))
+    cut = whole.insertions[0].at + n // 2  # the budget ends half way through the insertion
+    small = run_sync(ctl.think_one(prompts[0], key, cut, injector=FixedInjector((10,), True)))
+    assert small.insertions[0].kept == n // 2 and small.used == cut
+    resumed = run_sync(ctl.think_one(prompts[0], key, 40 + n, resume=small, injector=FixedInjector((10,), True)))
     assert resumed.context_ids() == whole.context_ids() and resumed.ids == whole.ids
-    assert whole.at_budget(10 + n // 2).context_ids() == small.context_ids()
+    assert whole.at_budget(cut).context_ids() == small.context_ids()
 
 
 def test_a_question_with_insertions_does_not_depend_on_what_runs_beside_it(engine, prompts, medqa_items):
@@ -120,6 +120,9 @@ def test_static_text_goes_in_once_and_the_injector_sees_the_thinking_so_far(engi
     ctl = ctl_for(engine, 40, min_thinking=40)
     inj = FixedInjector((8, 16, 24), every_point=False)
     th = run_sync(ctl.think_one(prompts[0], medqa_items[0].id, 40, injector=inj))
-    assert [i.at for i in th.insertions if i.text] == [8]
+    wait = len(engine.tokenize("Wait"))
+    (first,) = [i for i in th.insertions if i.text]  # once, at the first point (or just past a "Wait" there)
+    assert first is th.insertions[0] and 8 <= first.at <= 8 + wait
     assert [c[0] for c in inj.calls] == [0, 1, 2]
-    assert inj.calls[1][1] == engine.detokenize(th.ids[:16])  # the query sees the thinking up to its point
+    # the injector sees the thinking up to where its text goes
+    assert inj.calls[1][1] == engine.detokenize(th.ids[:th.insertions[1].at])

@@ -26,6 +26,7 @@ def test_ranges_mix_with_numbers_sorted_and_deduplicated():
     assert parse_budgets(" 64, 8:32:8 ,16,,") == (8, 16, 24, 32, 64)
     assert parse_budgets([256, "8:16:8", 16]) == (8, 16, 256)  # a config file's list
     assert parse_budgets((64, 32)) == (32, 64)
+    assert parse_budgets("0,64:128:64") == (0, 64, 128)  # 0: answer at once
 
 
 @pytest.mark.parametrize("spec,message", [
@@ -38,8 +39,8 @@ def test_ranges_mix_with_numbers_sorted_and_deduplicated():
     ("abc", "whole number"),
     ("8:16", "start:stop:step"),
     ("8:16:4:2", "start:stop:step"),
-    ("0:64:32", "positive"),
-    ("-32", "positive"),
+    ("-32:64:32", "0 or more"),
+    ("-32", "0 or more"),
     ("1:5000:1", "more than 1000"),
     (f"1:{MAX_BUDGETS}:1,{MAX_BUDGETS + 1}", "more than 1000"),
     ("", "no budgets"),
