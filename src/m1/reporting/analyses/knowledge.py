@@ -423,12 +423,17 @@ def _accuracy_rows(cond: Condition) -> list[dict[str, Any]]:
     return rows
 
 
+def _collapsed(t: Trace) -> bool:
+    """The thinking stopped within COLLAPSED tokens where the budget allowed more (budget 0 is no collapse)."""
+    return t.thinking_tokens <= COLLAPSED < t.budget
+
+
 def _usage(traces: list[Trace]) -> dict[str, float]:
     n = len(traces)
     return {"mean_thinking_tokens": sum(t.thinking_tokens for t in traces) / n,
             "mean_knowledge_tokens": sum(t.knowledge_tokens for t in traces) / n,
             "hit_budget_rate": sum(t.hit_budget for t in traces) / n,
-            "collapsed_share": sum(t.thinking_tokens <= COLLAPSED for t in traces) / n}
+            "collapsed_share": sum(_collapsed(t) for t in traces) / n}
 
 
 def _paired_rows(none: Condition, cond: Condition, n_boot: int) -> list[dict[str, Any]]:
@@ -739,8 +744,8 @@ def _collapse(none: Condition, cond: Condition) -> tuple[str, list[TraceLink]]:
     none_at = _by_budget(none.run)
     for budget, at in sorted(_by_budget(cond.run).items()):
         base = none_at.get(budget, [])
-        share = sum(t.thinking_tokens <= COLLAPSED for t in at) / len(at)
-        base_share = sum(t.thinking_tokens <= COLLAPSED for t in base) / len(base) if base else 0.0
+        share = sum(_collapsed(t) for t in at) / len(at)
+        base_share = sum(_collapsed(t) for t in base) / len(base) if base else 0.0
         if share >= COLLAPSE_NOTE and share - base_share >= COLLAPSE_NOTE / 2 and (worst is None or share > worst[0]):
             worst = (share, budget, base_share)
     if worst is None:
@@ -750,7 +755,7 @@ def _collapse(none: Condition, cond: Condition) -> tuple[str, list[TraceLink]]:
             f"budget {budget} (none: {base_share:.0%}); this condition measures the knowledge without thinking. "
             "Rerun it with --min-thinking to keep the model thinking.")
     collapsed = [t for t in sorted(cond.run.traces, key=lambda t: t.key)
-                 if t.budget == budget and t.thinking_tokens <= COLLAPSED]
+                 if t.budget == budget and _collapsed(t)]
     links = [TraceLink(cond.run.name, t.source, t.id, t.budget,
                        f"thinking collapsed to {t.thinking_tokens} tokens under {cond.label}")
              for t in collapsed[:COLLAPSE_LINKS]]
@@ -776,7 +781,7 @@ def _figure(group: Group):
             budgets += x
             k = [sum(t.correct for t in cells[b]) for b in x]
             ci = [wilson_interval(kb, len(cells[b])) for kb, b in zip(k, x)]
-            collapsed = max(sum(t.thinking_tokens <= COLLAPSED for t in cells[b]) / len(cells[b]) for b in x)
+            collapsed = max(sum(_collapsed(t) for t in cells[b]) / len(cells[b]) for b in x)
             label = cond.label + (f" (collapsed up to {collapsed:.0%})" if collapsed >= COLLAPSE_NOTE else "")
             line, = ax.plot(x, [kb / len(cells[b]) for kb, b in zip(k, x)], marker="" if len(x) > 12 else "o",
                             linestyle="--" if cond.knowledge == "none" else "-", label=label)
