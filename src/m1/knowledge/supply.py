@@ -161,7 +161,8 @@ class Supply:
         return self.cfg.knowledge != "none"
 
     def served(self) -> list[Item]:
-        return [it for it in self.items if it.id not in set(self.skipped)]
+        skipped = set(self.skipped)
+        return [it for it in self.items if it.id not in skipped]
 
     def describe(self) -> dict[str, Any]:
         """What the run's environment records: the retriever (corpus hash) and skipped items."""

@@ -52,7 +52,7 @@ import math
 import re
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -620,26 +620,31 @@ def supported_letter(t: Trace) -> str | None:
     return None
 
 
-def _follow_rows(none: Condition, cond: Condition) -> list[dict[str, Any]]:
-    a = _index(none.run)
+def _cells(run: Run) -> Iterator[tuple[int, str, list[Trace]]]:
+    """(budget, source row, its traces) for every budget, per source and for the pooled rows."""
     cells: dict[int, dict[str, list[Trace]]] = defaultdict(lambda: defaultdict(list))
-    for t in cond.run.traces:
+    for t in run.traces:
         cells[t.budget][t.source].append(t)
-    rows = []
     for budget, by_source in sorted(cells.items()):
         for source, strata in _per_source(by_source):
-            traces = [t for s in strata for t in s]
-            known = [(t, letter) for t in traces if (letter := supported_letter(t)) is not None]
-            if not known:
-                rows.append({"source": source, "budget": budget, "n": 0, "value": math.nan,
-                             "note": "no supported letter recorded (insertions[].passages[].supports)"})
-                continue
-            followed = sum(t.letter == letter for t, letter in known)
-            in_none = [a[t.key].letter == letter for t, letter in known if t.key in a]
-            note = f"{len(traces) - len(known)} traces without a supported letter left out" \
-                if len(known) < len(traces) else ""
-            rows.append({"source": source, "budget": budget, "n": len(known), **_share(followed, len(known)),
-                         "reference_value": sum(in_none) / len(in_none) if in_none else math.nan, "note": note})
+            yield budget, source, [t for s in strata for t in s]
+
+
+def _follow_rows(none: Condition, cond: Condition) -> list[dict[str, Any]]:
+    a = _index(none.run)
+    rows = []
+    for budget, source, traces in _cells(cond.run):
+        known = [(t, letter) for t in traces if (letter := supported_letter(t)) is not None]
+        if not known:
+            rows.append({"source": source, "budget": budget, "n": 0, "value": math.nan,
+                         "note": "no supported letter recorded (insertions[].passages[].supports)"})
+            continue
+        followed = sum(t.letter == letter for t, letter in known)
+        in_none = [a[t.key].letter == letter for t, letter in known if t.key in a]
+        note = f"{len(traces) - len(known)} traces without a supported letter left out" \
+            if len(known) < len(traces) else ""
+        rows.append({"source": source, "budget": budget, "n": len(known), **_share(followed, len(known)),
+                     "reference_value": sum(in_none) / len(in_none) if in_none else math.nan, "note": note})
     return rows
 
 
@@ -691,21 +696,16 @@ def retrieval_hit(t: Trace) -> bool | None:
 
 
 def _hit_rows(cond: Condition) -> list[dict[str, Any]]:
-    cells: dict[int, dict[str, list[Trace]]] = defaultdict(lambda: defaultdict(list))
-    for t in cond.run.traces:
-        cells[t.budget][t.source].append(t)
     rows = []
-    for budget, by_source in sorted(cells.items()):
-        for source, strata in _per_source(by_source):
-            traces = [t for s in strata for t in s]
-            hits = [(t, h) for t in traces if (h := retrieval_hit(t)) is not None]
-            with_hit = [t.correct for t, h in hits if h]
-            without = [t.correct for t, h in hits if not h]
-            rows.append({"source": source, "budget": budget, "n": len(hits), **_share(len(with_hit), len(hits)),
-                         "acc_with_hit": sum(with_hit) / len(with_hit) if with_hit else math.nan,
-                         "acc_without_hit": sum(without) / len(without) if without else math.nan,
-                         "note": f"{len(traces) - len(hits)} traces without inserted passages left out"
-                         if len(hits) < len(traces) else ""})
+    for budget, source, traces in _cells(cond.run):
+        hits = [(t, h) for t in traces if (h := retrieval_hit(t)) is not None]
+        with_hit = [t.correct for t, h in hits if h]
+        without = [t.correct for t, h in hits if not h]
+        rows.append({"source": source, "budget": budget, "n": len(hits), **_share(len(with_hit), len(hits)),
+                     "acc_with_hit": sum(with_hit) / len(with_hit) if with_hit else math.nan,
+                     "acc_without_hit": sum(without) / len(without) if without else math.nan,
+                     "note": f"{len(traces) - len(hits)} traces without inserted passages left out"
+                     if len(hits) < len(traces) else ""})
     return rows
 
 
