@@ -62,16 +62,18 @@ def m1(*args: str) -> None:
 
 
 def endings(run: Path) -> dict[str, float]:
-    recs = [json.loads(line) for line in (run / "traces.jsonl").read_text().splitlines() if line.strip()]
+    from m1.runs import Run
+
+    recs = Run.load(run).traces  # graded by the run's own grader (the scores sit beside the traces)
     n = len(recs)
-    stop = [r.get("thinking_stop") for r in recs]
+    stop = [r.thinking_stop for r in recs]
     return {"n": n,
             "delimiter": sum(s == "<|im_start|>" for s in stop) / n,
             "turn end": sum(s is not None and s != "<|im_start|>" for s in stop) / n,
-            "budget": sum(r["hit_budget"] for r in recs) / n,
-            "thinking tok": sum(r["thinking_tokens"] for r in recs) / n,
-            "accuracy": sum(r["correct"] for r in recs) / n,
-            "unparsed": sum(r["outcome"] == "unparsed" for r in recs) / n}
+            "budget": sum(r.hit_budget for r in recs) / n,
+            "thinking tok": sum(r.thinking_tokens for r in recs) / n,
+            "accuracy": sum(r.correct for r in recs) / n,
+            "unparsed": sum(r.outcome == "unparsed" for r in recs) / n}
 
 
 def main() -> int:

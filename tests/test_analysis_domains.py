@@ -1,7 +1,6 @@
 """The domains analysis: question text out of prompts, offline labels, gain per domain, pooling."""
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import json
 
@@ -212,7 +211,7 @@ def test_min_questions_decides_pooling(tmp_path):
 
 def test_several_runs_get_rows_and_a_panel_each(tmp_path):
     a = planted_run(tmp_path, "a")
-    flat = make_run(tmp_path, "b", [dataclasses.replace(t, correct=True) for t in a.traces])
+    flat = make_run(tmp_path, "b", [t.rescored(correct=True) for t in a.traces])
     section = domains([a, flat], n_boot=200)
     assert section is not None
     gain = section.tables[0].rows

@@ -50,15 +50,6 @@ def run(name: str, knowledge: str, right, budgets=(64,), ids=IDS, source="medqa"
     return Run(Path(f"/runs/{name}"), cfg, traces, environment=environment or {}, name=name)
 
 
-@pytest.fixture(autouse=True)
-def close_figures():
-    """The section's figures are the caller's to close; a test is the caller here."""
-    yield
-    from m1.reporting.plots import pyplot
-
-    pyplot().close("all")
-
-
 def first(n: int) -> set[str]:
     return set(IDS[:n])
 

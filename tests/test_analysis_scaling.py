@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-from m1.reporting import plots
 from m1.reporting.analyses.scaling import (
     MACRO,
     MICRO,
@@ -43,12 +42,6 @@ def sc(runs: list[Run], **kw) -> Section:
 
 def run(name: str, ts: list[Trace], **config) -> Run:
     return Run(Path("/tmp/m1-test-runs") / name, {"model": "m", "format": "m1", "engine": "vllm", **config}, ts)
-
-
-@pytest.fixture(autouse=True)
-def close_figures():
-    yield
-    plots.pyplot().close("all")
 
 
 def table(section, name):

@@ -6,19 +6,12 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-from m1.reporting import plots
 from m1.reporting.analyses.seeds import MACRO, MICRO, replica_key, seed_groups, seeds
 from m1.reporting.sections import Section
 from m1.runs import Run, Trace
 
 CONFIG: dict[str, Any] = {"benchmark": "medqa", "limit": 4, "engine": "vllm", "model": "org/m1-7B", "format": "m1",
           "budgets": [64, 128], "temperature": 0.6, "engine_options": {"max_model_len": 8192}}
-
-
-@pytest.fixture(autouse=True)
-def close_figures():
-    yield
-    plots.pyplot().close("all")
 
 
 def make(name: str, right: dict[tuple[str, int], int], n: int = 4, ids_from: int = 0, grader: str = "strict",

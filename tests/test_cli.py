@@ -28,7 +28,7 @@ def test_eval_writes_table_plot_and_records(tmp_path):
     assert len(recs) == 8
     for rec in recs:
         assert rec["thinking_tokens"] <= rec["budget"]
-        assert rec["outcome"] in ("correct", "wrong", "unparsed")
+        assert rec["scores"]["strict"]["outcome"] in ("correct", "wrong", "unparsed")  # the eval grader's score
     png = (out / "accuracy_vs_budget.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     cfg = json.loads((out / "config.json").read_text())
@@ -104,7 +104,8 @@ def test_unknown_benchmark(tmp_path):
 
 
 def test_unknown_engine(tmp_path):
-    assert "unknown engine" in _bad(tmp_path, "eval", "--engine", "nosuch")
+    msg = _bad(tmp_path, "eval", "--engine", "nosuch")
+    assert "--engine must be one of llamacpp, hf, openai, vllm" in msg and "'nosuch'" in msg
 
 
 def test_missing_model_file(tmp_path):
@@ -138,12 +139,14 @@ def test_unreachable_server(tmp_path):
 
 
 @pytest.mark.parametrize("args,expected", [
-    (["--temperature", "-0.5"], "--temperature must be >= 0"),
-    (["--top-p", "0"], "--top-p must be in (0, 1]"),
-    (["--top-p", "1.5"], "--top-p must be in (0, 1]"),
-    (["--engine-opt", "n_slot=4"], "did you mean n_slots?"),
-    (["--engine-opt", "n_slots=0"], "n_slots=0: must be a whole number >= 1"),
-    (["--engine", "openai", "--engine-opt", "concurency=16"], "did you mean concurrency?"),
+    (["--temperature", "-0.5"], "command line: --temperature is -0.5; it must be >= 0"),
+    (["--top-p", "0"], "command line: --top-p is 0.0; it must be > 0"),
+    (["--top-p", "1.5"], "command line: --top-p is 1.5; it must be <= 1"),
+    (["--engine-opt", "n_slot=4"], "engine_options (llamacpp): unknown setting 'n_slot'; did you mean 'n_slots'?"),
+    (["--engine-opt", "n_slots=0"], "engine_options (llamacpp): n_slots is 0; it must be > 0"),
+    (["--engine", "openai", "--engine-opt", "concurency=16"], "did you mean 'concurrency'?"),
+    (["--engine", "openai", "--engine-opt", "api_key=sk-1"], "api_key must not be written in a config"),
+    (["--engine", "vllm", "--engine-opt", "gpu_memory_utilization=2"], "gpu_memory_utilization is 2; it must be <= 1"),
 ])
 def test_bad_option_values(tmp_path, args, expected):
     assert expected in _bad(tmp_path, "eval", *args)
@@ -155,3 +158,36 @@ def test_out_naming_a_file(tmp_path):
     r = run_m1("eval", "--out", str(f / "run"), "--quiet", timeout=120)
     assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert "is a file, not a folder" in r.stderr and str(f) in r.stderr
+
+
+def _config(*argv):
+    from m1.cli import build_parser, config_from_args
+
+    return config_from_args(build_parser().parse_args(["eval", *argv]))
+
+
+def test_base_url_repeated_keeps_every_replica():
+    a, b, c = "http://127.0.0.1:8000/v1", "http://127.0.0.1:8001/v1", "http://127.0.0.1:8002/v1"
+    assert _config("--engine", "openai", "--base-url", a).engine_options["base_url"] == a
+    both = _config("--engine", "openai", "--base-url", a, "--base-url", b)
+    assert both.engine_options["base_url"] == f"{a},{b}"  # what OpenAIEngine splits into replicas
+    mixed = _config("--engine", "openai", "--base-url", f"{a},{b}", "--base-url", c)
+    assert mixed.engine_options["base_url"] == f"{a},{b},{c}"
+    # replicas only schedule the work: the run is the same whichever servers serve it
+    assert both.fingerprint() == _config("--engine", "openai", "--base-url", c).fingerprint()
+
+
+def test_model_alias_is_the_registered_model():
+    from m1.evaluate import default_run_dir
+
+    alias, name = _config("--model", "smollm2").resolved(), _config("--model", "smollm2-135m").resolved()
+    assert alias.model == name.model == "smollm2-135m"
+    assert alias.format == name.format == "plain"  # the embedded model, under any of its names
+    assert alias == name and alias.fingerprint() == name.fingerprint()
+    assert default_run_dir(alias) == default_run_dir(name)
+    assert _config("--model", "SmolLM2-135M-Instruct").resolved() == name
+    qwen = _config("--model", "qwen").resolved()
+    assert qwen.model == "qwen2.5-coder-0.5b" and qwen.format == "m1"
+    # another engine's model names are the server's or the hub's: left as given
+    served = _config("--engine", "openai", "--model", "smollm2").resolved()
+    assert served.model == "smollm2" and served.format == "m1"

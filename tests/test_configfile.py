@@ -1,6 +1,6 @@
 """m1.configfile: the one config loader of `m1 eval`, `m1 data` and `m1 train` (no model is run)."""
 import json
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 
 import pytest
@@ -8,27 +8,27 @@ import yaml
 
 from m1.cli import main
 from m1.config import EvalConfig
-from m1.configfile import dump, load_config, split_args
+from m1.configfile import CommaList, dump, load_config, settings, split_args
 from m1.errors import M1Error
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_CPU = ROOT / "configs" / "train" / "example_cpu.yaml"
 
 
-@dataclass(frozen=True)
+@settings
 class Inner:
     name: str
     size: int = 1
 
 
-@dataclass(frozen=True)
+@settings
 class Box:
     count: int = 3
     rate: float = 0.5
     label: str = "x"
     enabled: bool = False
-    sizes: tuple[int, ...] = (1, 2)
-    tags: tuple[str, ...] = ()
+    sizes: CommaList[int] = (1, 2)
+    tags: CommaList[str] = ()
     options: dict = field(default_factory=dict)
     cap: int | None = None
     note: str | None = None
@@ -174,7 +174,13 @@ def test_eval_print_config_round_trip(tmp_path, capsys):
     (["--config", "{tmp}/list.yaml"], "list.yaml line 3: not valid YAML"),
     (["--config", "{tmp}/typo.yaml"], "typo.yaml: unknown setting 'temprature'; did you mean 'temperature'?"),
     (["--config", "{tmp}/type.yaml"], "type.yaml: limit: expected integer or null, got 'many'"),
-    (["--config", "{tmp}/range.yaml"], "range.yaml: --top-p must be in (0, 1], got 2.0"),
+    (["--config", "{tmp}/range.yaml"], "range.yaml: top_p is 2; it must be <= 1"),
+    (["--top-p", "0", "--knowledge", "oracle"], "command line: --top-p is 0.0; it must be > 0"),
+    (["--knowledge", "oracle"], "command line: --knowledge must be one of none, gold, gold-background,"),
+    (["--engine", "vlm"], "command line: --engine must be one of llamacpp, hf, openai, vllm, got 'vlm'"),
+    (["--limit", "-2"], "command line: --limit is -2; it must be >= 0"),
+    (["--config", "{tmp}/range.yaml", "top_p=0.5", "--knowledge-k", "0"], "command line: --knowledge-k is 0"),
+    (["--config", "{tmp}/range.yaml", "top_p=0.5", "knowledge_k=0"], "command line: knowledge_k is 0"),
     (["--config", "{tmp}/typo.yaml", "other.yaml"], "'other.yaml' is not key=value"),
 ])
 def test_eval_bad_config_input_exits_2_with_one_line(tmp_path, capsys, args, message):
@@ -256,7 +262,7 @@ def test_train_precedence_and_round_trip(tmp_path, capsys):
 @pytest.mark.parametrize("args, message", [
     (["--config", str(TRAIN_CPU), "max_step=1"], "command line: unknown setting 'max_step'; did you mean 'max_steps'?"),
     (["--config", str(TRAIN_CPU), "packing=maybe"], "packing: expected true or false, got 'maybe'"),
-    (["--config", str(TRAIN_CPU), "dtype=fp8"], "dtype 'fp8' unknown"),
+    (["--config", str(TRAIN_CPU), "dtype=fp8"], "dtype must be one of auto, bfloat16, float16, float32, got 'fp8'"),
     (["--config", str(TRAIN_CPU), "lora"], "'lora' is not key=value"),
     (["--config", "missing.yaml"], "train config not found: missing.yaml"),
     (["max_steps=1"], "m1 train needs a config file"),
@@ -274,3 +280,129 @@ def test_a_budget_range_in_yaml_stays_a_range(tmp_path, capsys):
     p = write(tmp_path, "budgets: 8:16:8\n", "b.yaml")
     d = printed(capsys, ["eval", "--config", str(p), "--print-config"])
     assert d["budgets"] == [8, 16]
+
+
+# ---- run identity: pinned with the config code before it moved to pydantic ----
+
+DATA_DIR = ROOT / "tests" / "data"
+
+
+def _eval(*argv):
+    from m1.cli import build_parser, config_from_args
+
+    return config_from_args(build_parser().parse_args(["eval", *argv]))
+
+
+def _saved(name: str) -> dict:
+    return json.loads((DATA_DIR / name).read_text())["config"]
+
+
+PINNED = {  # name: (config, fingerprint, sha256 of its comparison key without seed and knowledge)
+    "default": (lambda: EvalConfig().resolved(), "96c0bae4", "b504d3dc8fbe"),
+    "openai": (lambda: EvalConfig(
+        engine="openai", model="gpt-x", budgets=(16, 32, 64), temperature=0.6, top_p=0.95, format="m1",
+        engine_options={"base_url": "http://h:1/v1", "concurrency": 4, "tokenizer": "Q/x", "timeout": 30},
+        forcing_rounds=2, seed=3, limit=None, format_overrides={"think_end": "</t>"}), "798a411c", "3286ed0d9099"),
+    "knowledge": (lambda: EvalConfig(knowledge="retrieve", knowledge_where="thinking", knowledge_k=2,
+                                     knowledge_at="1/16,1/4", budgets=(0, 8, 16), min_thinking=16, format="plain"),
+                  "28e578cd", "f98998c68cd0"),
+    "adaptive": (lambda: EvalConfig(budgets=(256,), adaptive="stable=3,every=64", format="m1", model="qwen"),
+                 "1ab97389", "6077d90312aa"),
+    "independent": (lambda: EvalConfig(method="independent", grader="m1", budgets="32:128:32",  # type: ignore[arg-type]
+                                       format="s1", ignore_str="Hmm", system_prompt="Be brief.", instruction="x"),
+                    "3e279605", "3378f47df6ee"),
+    "schema1": (lambda: EvalConfig.from_dict(_saved("run_schema1/config.json")), "96c0bae4", "b504d3dc8fbe"),
+    "knowledge_json": (lambda: EvalConfig.from_dict(_saved("run_config_knowledge.json")), "65aed3d0", "86c5e4ce4bd2"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PINNED))
+def test_run_identity_is_unchanged(name):
+    import hashlib
+
+    make, fingerprint, key = PINNED[name]
+    cfg = make()
+    assert cfg.fingerprint() == fingerprint  # the run folder's name: old runs resume
+    comparison = EvalConfig.comparison_key(cfg.to_dict(), ["seed", "knowledge"])
+    assert hashlib.sha256(comparison.encode()).hexdigest()[:12] == key
+
+
+def test_run_identity_through_the_command_line(tmp_path):
+    import hashlib
+
+    p = write(tmp_path, "budgets: 8:16:8\ntemperature: 0\nlimit: 0\nengine_options: {n_slots: 2, ctx_per_slot: 2048}\n"
+                        "format: m1\n")
+    cfg = _eval("--config", str(p), "seed=2", "engine_options.n_threads=1", "--engine-opt", "n_batch=64")
+    assert cfg.fingerprint() == "94556ca5"
+    key = EvalConfig.comparison_key(cfg.to_dict(), ["seed", "knowledge"])
+    assert hashlib.sha256(key.encode()).hexdigest()[:12] == "c5f16606687d"
+    partial = EvalConfig.comparison_key({"budgets": [32, 64], "chunk_size": 8})  # a run saved before most fields
+    assert hashlib.sha256(partial.encode()).hexdigest()[:12] == "b539cf600159"
+
+
+@pytest.mark.parametrize("name", ["run_schema1/config.json", "run_config_knowledge.json"])
+def test_old_run_configs_load_and_keep_their_identity(name, capsys):
+    saved = _saved(name)
+    cfg = _eval("--config", str(DATA_DIR / name))  # a run folder's config.json, as --config reads it
+    assert EvalConfig.identity(cfg.to_dict()) == EvalConfig.identity(saved)
+    assert cfg == EvalConfig.from_dict(saved)
+
+
+# ---- the typed settings agree with the registries they name ----
+
+def test_choices_match_the_registries():
+    import dataclasses
+    import typing
+
+    from m1.config import Engine, Format, Grader, Knowledge
+    from m1.engine_options import ENGINE_OPTIONS
+    from m1.engines import ENGINES, engine_options
+    from m1.grading import GRADERS
+    from m1.knowledge.conditions import CONDITIONS
+    from m1.thinking.formats import FORMATS
+
+    assert typing.get_args(Engine) == ENGINES and set(ENGINE_OPTIONS) == set(ENGINES)
+    assert set(typing.get_args(Format)) == {"auto", *FORMATS}
+    assert set(typing.get_args(Grader)) == set(GRADERS) and typing.get_args(Knowledge) == CONDITIONS
+    for name, options in ENGINE_OPTIONS.items():  # every option each engine takes, and no other
+        assert [f.name for f in dataclasses.fields(options)] == engine_options(name), name
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"engine_options": {"n_slots": 0}}, "engine_options (llamacpp): n_slots is 0; it must be > 0"),
+    ({"engine": "openai", "engine_options": {"server": "tgi"}}, "server: unknown server kind 'tgi'"),
+    ({"engine": "hf", "model": "m", "engine_options": {"dtype": "fp8"}}, "dtype must be one of auto, float32,"),
+    ({"top_p": 0}, "EvalConfig: top_p is 0; it must be > 0"),
+    ({"format": "r2"}, "EvalConfig: format must be one of auto, m1, s1, r1, plain, got 'r2'"),
+    ({"temperature": float("nan")}, "EvalConfig: temperature: expected number, got nan"),
+    ({"budgets": "8,x"}, "EvalConfig: budgets: budget must be a whole number, got 'x'"),
+])
+def test_a_config_built_in_code_fails_in_one_line(kwargs, message):
+    with pytest.raises(M1Error) as e:
+        EvalConfig(**kwargs)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_replace_and_asdict_still_check_and_copy():
+    import dataclasses
+
+    cfg = EvalConfig(budgets=(64,), limit=0)
+    assert cfg.limit is None and dataclasses.asdict(cfg)["budgets"] == (64,)
+    assert dataclasses.replace(cfg, budgets="8:16:8").budgets == (8, 16)  # type: ignore[arg-type]
+    with pytest.raises(M1Error, match="answer_max_tokens is 0"):
+        dataclasses.replace(cfg, answer_max_tokens=0)
+
+
+def test_data_config_checks_in_one_line(tmp_path):
+    from m1.curation.config import load_config as load_data
+
+    bad = write(tmp_path, "out_dir: x\ndifficulty: {models: [{engine: openai, options: {timeout: 0}}]}\n")
+    with pytest.raises(M1Error, match=r"c\.yaml: options \(openai\): timeout is 0; it must be > 0"):
+        load_data(bad)
+    bad = write(tmp_path, "out_dir: x\ndomains: {method: bert}\n")
+    with pytest.raises(M1Error, match=r"c\.yaml: domains\.method must be one of llm, tfidf, embedding, got 'bert'"):
+        load_data(bad)
+    with pytest.raises(M1Error, match=r"command line: dedup\.ngram_overlap is 2; it must be <= 1"):
+        load_data(write(tmp_path, "out_dir: x\n"), ["dedup.ngram_overlap=2"])
+    assert load_data(write(tmp_path, "out_dir: x\ndedup:\n  benchmarks: medqa, pubmedqa\n")).dedup.benchmarks == \
+        ("medqa", "pubmedqa")

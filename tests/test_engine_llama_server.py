@@ -85,7 +85,7 @@ def test_m1_eval_through_llama_server_equals_in_process(llama_server, tmp_path):
     def traces(run):
         rows = [json.loads(line) for line in (tmp_path / run / "traces.jsonl").read_text().splitlines()]
         return sorted((r["id"], r["budget"], r["thinking"], r["thinking_tokens"], r["forced_at"], r["answer"],
-                       r["letter"]) for r in rows)
+                       r["scores"]["strict"]["letter"]) for r in rows)
 
     http, local = traces("http"), traces("local")
     assert len(http) == 6 and http == local

@@ -275,9 +275,9 @@ def test_waiting_requests_reach_the_server_lowest_priority_first(server, monkeyp
     sent = []
     routed = eng._routed
 
-    def record(req):
+    async def record(req):
         sent.append(req.priority)
-        return routed(req)
+        return await routed(req)
 
     monkeypatch.setattr(eng, "_routed", record)
     p = chat_prompt(eng, "Name a bone.")

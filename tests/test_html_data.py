@@ -82,7 +82,8 @@ def test_every_trace_field_is_shown_once():
     stats = [s["key"] for s in d["stats"]]
     blocks = [k for b in d["blocks"] for k in b["keys"]]
     placed = stats + blocks + d["elsewhere"]
-    assert sorted(placed) == sorted(f.name for f in dataclasses.fields(Trace))
+    # every field, and the active score's views (flat in the page's record)
+    assert sorted(placed) == sorted([*(f.name for f in dataclasses.fields(Trace)), *html.SCORE_VIEWS])
     assert stats[:3] == ["gold", "letter", "rule"]
     by_key = {s["key"]: s for s in d["stats"]}
     assert by_key["letter"]["label"] == "extracted" and by_key["hit_budget"]["kind"] == "flag"

@@ -21,6 +21,23 @@ def test_wilson_known_values(k, n, lo, hi):
     assert got == pytest.approx((lo, hi), abs=1e-4)
 
 
+@pytest.mark.parametrize("k, n, lo, hi", [  # Newcombe (1998), Stat Med 17:857, worked examples, method 3 (score)
+    (81, 263, 0.2553, 0.3662), (15, 148, 0.0624, 0.1605), (0, 20, 0.0, 0.1611), (1, 29, 0.0061, 0.1718),
+    (29, 29, 0.8830, 1.0)])
+def test_wilson_textbook_values(k, n, lo, hi):
+    assert [round(x, 4) for x in wilson_interval(k, n)] == [lo, hi]
+
+
+def test_wilson_agrees_with_the_closed_form():
+    for z in (1.959964, 2.575829):
+        for n in range(1, 31):
+            for k in range(n + 1):
+                p, z2 = k / n, z * z
+                centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+                half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+                assert wilson_interval(k, n, z) == pytest.approx((centre - half, centre + half), abs=1e-12)
+
+
 def test_wilson_edges():
     assert wilson_interval(0, 0) == (0.0, 1.0)
     assert wilson_interval(0, 10)[0] == 0.0

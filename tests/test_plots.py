@@ -3,6 +3,8 @@ import argparse
 import json
 import math
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,12 +20,12 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 BUDGETS = [32, 64, 128]
 
 
-def records(seed, sources=("medqa",), n=12):
+def records(seed, sources=("medqa",), n=12, budgets=BUDGETS):
     rnd = random.Random(seed)
     out = []
     for source in sources:
         for i in range(n):
-            for b in BUDGETS:
+            for b in budgets:
                 tok = min(b, rnd.randint(1, 150))
                 outcome = rnd.choice(["correct", "wrong", "unparsed"])
                 out.append({"id": f"{source}-{i}", "source": source, "budget": b, "gold": "A", "options": {"A": "x"},
@@ -94,6 +96,20 @@ def test_notebook_api_loads_a_run_and_reports_it(tmp_path):
     assert is_png(tmp_path / "out" / "accuracy_vs_budget.png") and (tmp_path / "out" / "report.html").exists()
     assert [r["budget"] for r in rep.rows] == BUDGETS
     assert not (folder / "metrics.json").exists()  # a report elsewhere never writes into the run
+
+
+def test_a_report_never_imports_pyplot(tmp_path):
+    """Figures are plain matplotlib Figures: rendering a whole report (every section's figures)
+    leaves no pyplot state behind, so nothing is there to close."""
+    dense = [32, 64, 96, 128, 160]
+    folder = make_run(tmp_path / "run", records(8, ("medqa", "pubmedqa"), budgets=dense), budgets=dense)
+    script = ("import sys\nfrom m1.cli import main\n"
+              f"code = main(['report', {str(folder)!r}, '--out', {str(tmp_path / 'out')!r}])\n"
+              "print('pyplot' if 'matplotlib.pyplot' in sys.modules else 'no pyplot', code)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "no pyplot 0"
+    assert is_png(tmp_path / "out" / "trajectory_stability.png") and is_png(tmp_path / "out" / "accuracy_vs_budget.png")
 
 
 def parse(argv):

@@ -167,3 +167,67 @@ def test_compare_cli(tmp_path, capsys):
     args = sub.choices["compare"].parse_args([str(run), "--json", "--n-boot", "50"])
     assert compare.main(args) == 0
     assert json.loads(capsys.readouterr().out)["mode"] == "budgets"
+
+
+# ---------------------------------------------------------------- scores beside traces
+
+def _files(folder) -> dict:
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.iterdir() if p.is_file()}
+
+
+def test_regrade_adds_scores_beside_traces_and_never_rewrites_them(tmp_path, capsys):
+    records = [record("q1", "medqa", 256, "Final Answer: C"), record("q2", "medqa", 256, "The answer is vitamin A."),
+               record("q4", "pubmedqa", 256, "Final Answer: Hepatitis B infection", gold="B")]
+    run = write_run(tmp_path / "run", records, grader="strict")
+    before = _files(run)
+    sub = argparse.ArgumentParser().add_subparsers(dest="command")
+    regrade.add_parser(sub)
+    assert regrade.main(sub.choices["regrade"].parse_args([str(run), "--grader", "m1"])) == 0
+    assert f"added 3 m1 scores to {run / 'scores.jsonl'}" in capsys.readouterr().out
+    after = _files(run)
+    assert after.pop("scores.jsonl") and after == before  # traces.jsonl and config.json: same bytes, same mtime
+    lines = [json.loads(x) for x in (run / "scores.jsonl").read_text().splitlines()]
+    assert [(x["id"], x["grader"], x["score"]["letter"], x["score"]["correct"]) for x in lines] == \
+        [("q1", "m1", "C", True), ("q2", "m1", "A", False), ("q4", "m1", "B", True)]
+    assert {"source", "budget"} <= set(lines[0])
+
+    loaded = Run.load(run)  # the run's own grader stays active; the m1 scores sit beside
+    assert loaded.grader == "strict" and [t.outcome for t in loaded.traces] == ["correct", "unparsed", "wrong"]
+    assert all(set(t.scores) == {"strict", "m1"} for t in loaded.traces)
+    assert [t.correct for t in Run.load(run, "m1").traces] == [True, False, True]
+
+    scores = (run / "scores.jsonl").read_bytes()
+    assert regrade.main(sub.choices["regrade"].parse_args([str(run), "--grader", "m1"])) == 0  # idempotent
+    assert "the run already holds its m1 scores; none added" in capsys.readouterr().out
+    assert regrade.main(sub.choices["regrade"].parse_args([str(run), "--grader", "strict"])) == 0  # the run's own
+    assert (run / "scores.jsonl").read_bytes() == scores and (run / "traces.jsonl").read_bytes() == before[
+        "traces.jsonl"][0]
+
+
+def test_a_report_on_a_regraded_run_reads_the_stored_scores(tmp_path):
+    from m1.reporting.report import report
+
+    run = write_run(tmp_path / "run", [record("q1", "medqa", 256, "Final Answer: C"),
+                                       record("q2", "medqa", 256, "The answer is vitamin A.")])
+    regrade.regrade(run, "m1")
+    # A verdict on disk is what every reader gets, not a grading done again: mark q2 right under m1.
+    lines = (run / "scores.jsonl").read_text().splitlines()
+    (run / "scores.jsonl").write_text(lines[0] + "\n" + lines[1].replace('"correct": false', '"correct": true')
+                                      .replace('"outcome": "wrong"', '"outcome": "correct"') + "\n")
+    rep = report([Run.load(run)], tmp_path / "own")
+    assert [r["accuracy"] for r in rep.rows] == [0.5] and [r["unparsed_rate"] for r in rep.rows] == [0.5]
+    rep = report([Run.load(run)], tmp_path / "m1", grader="m1")
+    assert [r["accuracy"] for r in rep.rows] == [1.0] and [r["unparsed_rate"] for r in rep.rows] == [0.0]
+    assert "| medqa | 256 | 2 | 1.000" in (tmp_path / "m1" / "table.md").read_text()
+    page = (tmp_path / "m1" / "report.html").read_text()
+    data = json.loads(page.split('id="m1-data">', 1)[1].split("</script>", 1)[0])
+    t = next(t for t in data["traces"] if t["letter"] == "A")  # the viewer shows the active grader's score
+    assert (t["grader"], t["outcome"], t["correct"]) == ("m1", "correct", True)
+    assert t["scores"] == {"m1": "A correct (letter)", "strict": "– unparsed (none)"}
+    # A cut last line (a crash mid-append) is skipped on read and dropped before the next append.
+    with open(run / "scores.jsonl", "a") as f:
+        f.write('{"source": "medqa", "id": "q1", "bud')
+    assert [t.correct for t in Run.load(run, "m1").traces] == [True, True]
+    (run / "scores.jsonl").write_text(lines[0] + "\n" + '{"source": "medqa", "id": "q2", "bud')
+    regrade.regrade(run, "m1")
+    assert [json.loads(x)["id"] for x in (run / "scores.jsonl").read_text().splitlines()] == ["q1", "q2"]

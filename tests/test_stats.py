@@ -39,10 +39,32 @@ def test_mcnemar_exact_hand_values(b, c, p):
 
 
 def test_mcnemar_large_counts_stay_finite():
-    p = mcnemar_exact(600, 700)  # 2^1300 overflows a float; the ratio is taken on integers
+    p = mcnemar_exact(600, 700)  # 2^1300 overflows a float
     assert 0 < p < 0.01
     with pytest.raises(ValueError):
         mcnemar_exact(-1, 3)
+
+
+def test_mcnemar_agrees_with_the_binomial_sum():
+    # The exact test by hand, on integers: 2 * P(Binomial(b + c, 1/2) <= min(b, c)), at most 1.
+    for b in range(41):
+        for c in range(41):
+            tail = sum(math.comb(b + c, i) for i in range(min(b, c) + 1))
+            assert mcnemar_exact(b, c) == pytest.approx(min(1.0, 2 * tail / 2 ** (b + c)), rel=1e-12, abs=0)
+
+
+def test_holm_agrees_with_the_step_down_by_hand():
+    from m1.reporting.analyses.domains import holm
+
+    def by_hand(ps):
+        out, running = [1.0] * len(ps), 0.0
+        for rank, i in enumerate(sorted(range(len(ps)), key=lambda i: ps[i])):
+            running = max(running, min(1.0, (len(ps) - rank) * ps[i]))
+            out[i] = running
+        return out
+
+    for ps in ([], [0.2], [0.01, 0.04, 0.03], [0.01, 0.01, 0.5, 0.0], [0.3, 1e-12, 0.3, 0.02, 0.9, 0.02]):
+        assert holm(ps) == by_hand(ps)
 
 
 # ---- flips and paired comparisons ----
@@ -126,10 +148,21 @@ def test_averages_per_budget_and_deterministic():
 
 # ---- seeds ----
 
+# The two-sided 95% t table that t95 used to hard-code (3 decimals, df 1..30): scipy's exact
+# quantiles round to every entry.
+T_TABLE = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+           2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+           2.045, 2.042]
+
+
 def test_t_quantiles():
-    assert t95(1) == 12.706 and t95(30) == 2.042
-    assert t95(31) == pytest.approx(2.0395, abs=1e-3)
-    assert t95(1000) == pytest.approx(1.9623, abs=1e-3)
+    assert [round(t95(df), 3) for df in range(1, 31)] == T_TABLE
+    assert t95(2) == pytest.approx(4.302653, abs=1e-6)
+    assert t95(31) == pytest.approx(2.0395, abs=1e-4)
+    assert t95(1000) == pytest.approx(1.9623, abs=1e-4)
+    assert t95(10**9) == pytest.approx(1.959964, abs=1e-6)  # the normal quantile in the limit
+    with pytest.raises(ValueError):
+        t95(0)
 
 
 def test_across_seeds():
@@ -137,7 +170,7 @@ def test_across_seeds():
     assert s.n_seeds == 3 and s.mean == pytest.approx(0.62)
     assert s.std == pytest.approx(0.02)
     assert (s.min, s.max) == (0.60, 0.64)
-    half = 4.303 * 0.02 / math.sqrt(3)
+    half = 4.302653 * 0.02 / math.sqrt(3)
     assert (s.ci_low, s.ci_high) == pytest.approx((0.62 - half, 0.62 + half))
     one = across_seeds([0.5])
     assert one.std == 0.0 and math.isnan(one.ci_low)

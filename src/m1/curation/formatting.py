@@ -21,8 +21,8 @@ from m1.thinking.formats import get_format
 
 def load_chat_renderer(tokenizer: str | None):
     """A callable messages -> prompt text, from the embedded GGUF, a .gguf file or an HF tokenizer."""
-    from m1.engines.llamacpp import embedded_model_path
-    from m1.engines.openai_server import load_tokenizer
+    from m1.engines.tokenizers import load_tokenizer
+    from m1.models import embedded_model_path
 
     source = tokenizer or str(embedded_model_path())
     return load_tokenizer(source).render_chat, source

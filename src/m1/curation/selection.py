@@ -11,34 +11,14 @@
   random  n items uniformly at random (the "random" / "hard-random" ablations, by input).
   all     every item (m23K).
 Each set reads the "data" table of its `input` stage: domains (validated, labelled:
-m1K, m23K, hard-domain), validate, or distill (unvalidated traces).
+m1K, m23K, hard-domain), validate, or distill (unvalidated traces). What a set may say
+(methods, weightings, inputs) is checked by m1.curation.config.check_set, when the config loads.
 """
 from __future__ import annotations
 
 import random
 
-from m1.curation.config import SetConfig
-from m1.errors import M1Error
-
-METHODS = ("domain", "random", "all")
-WEIGHTINGS = ("uniform", "long_trace")
-INPUTS = ("distill", "validate", "domains")
-
-
-def check_set(s: SetConfig) -> None:
-    if s.method not in METHODS:
-        raise M1Error(f'select set "{s.name}": method "{s.method}" unknown; choose one of {", ".join(METHODS)}')
-    if s.input not in INPUTS:
-        raise M1Error(f'select set "{s.name}": input "{s.input}" has no teacher traces; use one of {", ".join(INPUTS)}')
-    if s.method != "all" and (s.n is None or s.n < 1):
-        raise M1Error(f'select set "{s.name}": method {s.method} needs n >= 1 (how many items)')
-    if s.weighting not in WEIGHTINGS:
-        raise M1Error(f'select set "{s.name}": weighting "{s.weighting}" unknown; '
-                      f'choose one of {", ".join(WEIGHTINGS)}')
-    if s.weighting != "uniform" and s.method != "domain":
-        raise M1Error(f'select set "{s.name}": weighting {s.weighting} applies to method domain only')
-    if s.method == "domain" and s.input != "domains":
-        raise M1Error(f'select set "{s.name}": method domain needs input domains (items labelled with a domain)')
+from m1.curation.config import SetConfig, check_set
 
 
 def select(rows: list[dict], s: SetConfig, seed: int) -> list[dict]:

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import random
 import re
 import sqlite3
 import time
@@ -24,11 +22,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from m1.client import Client, Policy, RequestFailed, StatusError
 from m1.curation.config import TeacherConfig
 from m1.curation.store import json_hash
 from m1.errors import M1Error
-
-RETRY_STATUS = {408, 409, 425, 429}  # plus every 5xx
 
 
 @dataclass
@@ -161,23 +158,26 @@ class Teacher:
         body = {"model": self.model, "messages": messages, "params": self.cfg.params if params is None else params}
         return json_hash(body)
 
-    def _client(self):
-        try:
-            from openai import AsyncOpenAI
-        except ImportError:
-            raise M1Error("the teacher needs the openai package: pip install openai") from None
-        # The SDK's own retries are off: ours count, back off and report per cause.
-        return AsyncOpenAI(base_url=self.cfg.base_url, api_key=os.environ.get(self.cfg.api_key_env) or "none",
-                           max_retries=0, timeout=self.cfg.timeout_s)
+    def _client(self) -> Client:
+        """m1's client layer, with the teacher's retry policy; retries are counted by cause."""
+        cfg = self.cfg
+        policy = Policy(timeout=cfg.timeout_s, retries=cfg.max_retries, backoff=cfg.backoff_s,
+                        backoff_max=cfg.backoff_max_s)
+        return Client(cfg.base_url, cfg.api_key_env, policy, on_retry=self._retried,
+                      fix="fix the teacher's base_url in the config")
 
-    async def _resolve_model(self, client) -> None:
+    def _retried(self, cause: str) -> None:
+        self.stats.retries[cause] += 1
+
+    async def _resolve_model(self, client: Client) -> None:
         if self.model is not None:
             return
         try:
-            models = await client.models.list()
-            ids = [m.id for m in models.data]
-        except Exception as e:
-            raise M1Error(f"teacher: cannot list models at {self.cfg.base_url} ({type(e).__name__}); start the "
+            models = await client.arequest("GET", "/models")
+            ids = [m["id"] for m in models["data"]]
+        except (RequestFailed, KeyError, TypeError) as e:
+            why = e.cause if isinstance(e, RequestFailed) else "not a model list"
+            raise M1Error(f"teacher: cannot list models at {self.cfg.base_url} ({why}); start the "
                           "server, fix base_url, or set the model name in the config") from None
         if not ids:
             raise M1Error(f"teacher: {self.cfg.base_url}/models lists no model; set the model name in the config")
@@ -220,7 +220,7 @@ class Teacher:
                 for w in workers:
                     w.cancel()
         if client is not None:
-            await client.close()
+            await client.aclose()
         self.stats.seconds += time.monotonic() - start
         return results
 
@@ -231,61 +231,52 @@ class Teacher:
             if on_result:
                 on_result(i, results[i])
 
-    async def _ask(self, client, key: str, messages: list[dict], params: dict, rpm, tpm) -> Reply | Failure:
-        import openai
-
+    async def _ask(self, client: Client, key: str, messages: list[dict], params: dict, rpm, tpm) -> Reply | Failure:
         cfg = self.cfg
         budget = sum(len(m["content"]) for m in messages) / 4 + (params.get("max_tokens")
                                                                  or params.get("max_completion_tokens") or 1024)
-        error = "never tried"
-        for attempt in range(cfg.max_retries + 1):
+
+        async def before_attempt():
             if rpm:
                 await rpm.take(1)
             if tpm:
                 await tpm.take(budget)
             self.stats.requests += 1
-            wait = None
-            try:
-                raw = await client.chat.completions.with_raw_response.create(
-                    model=self.model, messages=messages, extra_body=params)
-                body = json.loads(raw.text)
-                message = body["choices"][0]["message"]
-                if not isinstance(message, dict) or not isinstance(message.get("content") or "", str):
-                    raise ValueError("no message")
-            except openai.APIStatusError as e:
-                code = e.status_code
-                if code in (401, 403):
-                    raise M1Error(f"teacher at {cfg.base_url} refused the key (HTTP {code}); set "
-                                  f"{cfg.api_key_env} in the environment") from None
-                if code not in RETRY_STATUS and code < 500:
-                    self.stats.failed += 1
-                    return Failure(key, f"HTTP {code}: {_short(e.message)}", attempt + 1)
-                cause, error = str(code), f"HTTP {code}"
-                wait = _retry_after(e.response.headers)
-            except openai.APITimeoutError:
-                cause, error = "timeout", f"no answer within {cfg.timeout_s:g} s"
-            except openai.APIConnectionError as e:
-                cause, error = "connection", f"connection failed ({_short(str(e))})"
-            except (ValueError, KeyError, IndexError, TypeError) as e:
-                cause, error = "malformed", f"not a chat completion ({type(e).__name__})"
-            else:
-                usage = body.get("usage") or {}
-                if tpm:
-                    tpm.refund(max(0.0, budget - (usage.get("total_tokens") or budget)))
-                self.cache.put(key, {"model": self.model, "messages": messages, "params": params}, body)
-                reply = _reply(key, body, cached=False)
-                self.stats.answered += 1
-                self.stats.prompt_tokens += reply.prompt_tokens
-                self.stats.completion_tokens += reply.completion_tokens
-                self.stats.cost += (reply.prompt_tokens * cfg.price_in_per_mtok
-                                    + reply.completion_tokens * cfg.price_out_per_mtok) / 1e6
-                return reply
-            if attempt < cfg.max_retries:
-                self.stats.retries[cause] += 1
-                backoff = min(cfg.backoff_max_s, cfg.backoff_s * 2 ** attempt) * random.uniform(0.5, 1.0)
-                await asyncio.sleep(max(backoff, min(wait or 0, cfg.backoff_max_s)))
-        self.stats.failed += 1
-        return Failure(key, f"{error} after {cfg.max_retries + 1} attempts", cfg.max_retries + 1)
+
+        try:
+            body = await client.apost("/chat/completions", {"model": self.model, "messages": messages, **params},
+                                      validate=_chat_completion, before_attempt=before_attempt)
+        except StatusError as e:
+            if e.status in (401, 403):
+                raise M1Error(f"teacher at {cfg.base_url} refused the key (HTTP {e.status}); set "
+                              f"{cfg.api_key_env} in the environment") from None
+            self.stats.failed += 1
+            if not client.policy.retryable(e):
+                return Failure(key, f"HTTP {e.status}: {_short(e.detail)}", e.attempts)
+            return Failure(key, f"HTTP {e.status} after {e.attempts} attempts", e.attempts)
+        except RequestFailed as e:
+            self.stats.failed += 1
+            why = {"timeout": f"no answer within {cfg.timeout_s:g} s", "malformed": "not a chat completion"}
+            return Failure(key, f"{why.get(e.cause, _short(str(e)))} after {e.attempts} attempts", e.attempts)
+        usage = body.get("usage") or {}
+        if tpm:
+            tpm.refund(max(0.0, budget - (usage.get("total_tokens") or budget)))
+        self.cache.put(key, {"model": self.model, "messages": messages, "params": params}, body)
+        reply = _reply(key, body, cached=False)
+        self.stats.answered += 1
+        self.stats.prompt_tokens += reply.prompt_tokens
+        self.stats.completion_tokens += reply.completion_tokens
+        self.stats.cost += (reply.prompt_tokens * cfg.price_in_per_mtok
+                            + reply.completion_tokens * cfg.price_out_per_mtok) / 1e6
+        return reply
+
+
+def _chat_completion(body: dict) -> dict:
+    """`body` if it is a chat completion with a message (else the client retries it as malformed)."""
+    message = body["choices"][0]["message"]
+    if not isinstance(message, dict) or not isinstance(message.get("content") or "", str):
+        raise ValueError("no message")
+    return body
 
 
 def _reply(key: str, body: dict, cached: bool) -> Reply:
@@ -296,13 +287,6 @@ def _reply(key: str, body: dict, cached: bool) -> Reply:
                  finish_reason=choice.get("finish_reason"), prompt_tokens=int(usage.get("prompt_tokens") or 0),
                  completion_tokens=int(usage.get("completion_tokens") or 0), model=str(body.get("model") or ""),
                  cached=cached)
-
-
-def _retry_after(headers) -> float | None:
-    try:
-        return float(headers.get("retry-after"))
-    except (TypeError, ValueError):
-        return None
 
 
 def _short(text: str, width: int = 160) -> str:

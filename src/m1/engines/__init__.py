@@ -27,6 +27,10 @@ def engine_class(name: str) -> type:
         from m1.engines.vllm_engine import VLLMEngine
 
         return VLLMEngine
+    if name == "fake":  # a deterministic token script for tests, not a model (engines/fake.py); not listed
+        from m1.engines.fake import FakeEngine
+
+        return FakeEngine
     raise M1Error(f"unknown engine {name!r}: choose one of {', '.join(ENGINES)}")
 
 

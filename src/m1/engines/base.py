@@ -39,7 +39,7 @@ class GenRequest:
     top_p: float = 1.0
     seed: int | None = None
     # Ask for the log-probabilities of these option letters at the answer position (the
-    # first generated token naming one of them); see engines/probes.py. Empty: no probe,
+    # first generated token naming one of them); see engines/probes.py. Empty: none asked,
     # and the engine does no extra work.
     option_letters: tuple[str, ...] = ()
     # Which waiting request the engine starts first when more wait than it can run: lower

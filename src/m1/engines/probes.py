@@ -1,5 +1,9 @@
 """Option-letter probes: where an answer names its option, and how likely each letter was there.
 
+(Names. Outside this module the results are `option_position` and `option_logprobs`; a "probe"
+in m1.thinking.policies, and `Trace.probes`, is something else: an answer forced at a checkpoint
+of adaptive thinking, which may carry these log-probabilities.)
+
 A request asks for them with `GenRequest.option_letters` (the budget controller sets the
 item's option letters on every answer request); the engine answers in
 `GenResult.option_logprobs` and `GenResult.option_position`.

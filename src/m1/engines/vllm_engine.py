@@ -5,7 +5,7 @@ until they finish), so every request that is ready is in vLLM's continuous batch
 and a finished sequence's place is taken at the next step, exactly as `vllm serve` does.
 vLLM reports the ids it generated, so budgets stay exact. It is an optional extra
 (`pip install 'm1[vllm]'`) and is imported only when this engine is built. Option-letter
-probes (engines/probes.py) come from vLLM's logprobs: the top `probes.TOP_K` tokens of the
+log-probabilities (engines/probes.py) come from vLLM's logprobs: the top `probes.TOP_K` tokens of the
 answer position (raw model distribution) plus the sampled one.
 """
 from __future__ import annotations
@@ -17,13 +17,15 @@ from typing import Sequence
 
 from m1.engines import probes
 from m1.engines.base import OPEN_PER_REQUEST_WITH_PREFIX_CACHE, GenRequest, GenResult, SteppedEngine
+from m1.engines.stops import locate_stop
+from m1.engines.tokenizers import HFTokenizer
 from m1.errors import M1Error
 
 
 def build_sampling_kwargs(req: GenRequest) -> dict:
     """`SamplingParams` keyword arguments for one request (pure: testable without vLLM)."""
     greedy = req.temperature <= 0
-    extra = {"logprobs": probes.TOP_K} if req.option_letters else {}  # the option-letter probe
+    extra = {"logprobs": probes.TOP_K} if req.option_letters else {}  # option-letter log-probabilities
     return {
         **extra,
         "n": 1,
@@ -45,28 +47,6 @@ def build_sampling_kwargs(req: GenRequest) -> dict:
         "spaces_between_special_tokens": False,
         "detokenize": True,  # stop strings are matched on text
     }
-
-
-def locate_stop(ids: Sequence[int], stop: str | int, detokenize) -> int | None:
-    """Index of the token where `stop` begins in `ids`, or None if it is not there.
-
-    A stop string is searched in the decoded text, and the token holding its first
-    character is found by bisection over decoded prefixes (a few decodes, not one per
-    token), matching `StopMatcher`'s notion of where a stop begins.
-    """
-    if isinstance(stop, int):
-        return ids.index(stop) if stop in ids else None
-    pos = detokenize(ids).find(stop)
-    if pos < 0:
-        return None
-    lo, hi = 0, len(ids) - 1
-    while lo < hi:  # smallest i with len(decode(ids[:i+1])) > pos
-        mid = (lo + hi) // 2
-        if len(detokenize(ids[: mid + 1])) > pos:
-            hi = mid
-        else:
-            lo = mid + 1
-    return lo
 
 
 class VLLMEngine(SteppedEngine):
@@ -99,7 +79,15 @@ class VLLMEngine(SteppedEngine):
         except (OSError, ValueError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise M1Error(f"vLLM could not load {model}: {first}; check the model id or path") from None
-        self._tok = self._llm.get_tokenizer()
+        extra_eos: list[int] = []
+        try:  # instruct models often end turns on a second id listed in generation_config
+            from transformers import GenerationConfig
+
+            eos = GenerationConfig.from_pretrained(model).eos_token_id
+            extra_eos = eos if isinstance(eos, list) else [eos] if eos is not None else []
+        except Exception:
+            pass
+        self.tok = HFTokenizer(self._llm.get_tokenizer(), model, extra_eos)
         self._running: dict[str, tuple[object, GenRequest]] = {}  # vLLM request id -> (token, request)
         # Requests past max_num_seqs wait here, not in vLLM's first-come queue, so that the
         # lowest GenRequest.priority starts first; with prefix caching a paused question
@@ -110,36 +98,22 @@ class VLLMEngine(SteppedEngine):
         self._letter_ids: dict[tuple[str, ...], dict[str, tuple[int, ...]]] = {}
         self._start_queue(max_num_seqs)
 
-    # -- text <-> ids ---------------------------------------------------------------
+    # -- text <-> ids: one Hugging Face tokenizer wrapper for every engine (engines/tokenizers.py)
     def tokenize(self, text: str) -> list[int]:
-        return list(self._tok.encode(text, add_special_tokens=False))
+        return self.tok.tokenize(text)
 
     def encode_prompt(self, text: str) -> list[int]:
-        ids = self.tokenize(text)
-        bos = self._tok.bos_token_id
-        # Only where the tokenizer itself would add one (Llama does, Qwen does not).
-        wants_bos = bos is not None and self._tok.encode("", add_special_tokens=True)[:1] == [bos]
-        return [bos] + ids if wants_bos and ids[:1] != [bos] else ids
+        return self.tok.encode_prompt(text)
 
     def detokenize(self, ids: Sequence[int]) -> str:
-        return self._tok.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        return self.tok.detokenize(ids)
 
     def render_chat(self, messages: list[dict]) -> str:
-        if not getattr(self._tok, "chat_template", None):
-            raise M1Error(f"{self.model} has no chat template; use a chat/instruct model or a plain prompt format")
-        return self._tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return self.tok.render_chat(messages)
 
     @property
     def eos_token_ids(self) -> tuple[int, ...]:
-        ids = {self._tok.eos_token_id} if self._tok.eos_token_id is not None else set()
-        try:  # instruct models often end turns on a second id listed in generation_config
-            from transformers import GenerationConfig
-
-            eos = GenerationConfig.from_pretrained(self.model).eos_token_id
-            ids |= set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-        except Exception:
-            pass
-        return tuple(sorted(ids))
+        return self.tok.eos_token_ids
 
     def describe(self) -> dict:
         versions = {}
@@ -192,7 +166,7 @@ class VLLMEngine(SteppedEngine):
 
 def to_result(out, req: GenRequest, detokenize, letter_ids: probes.LetterIds | None = None) -> GenResult:
     """Map a vLLM `CompletionOutput` to a GenResult (ids are vLLM's own: exact); with
-    `letter_ids` (the request's option letters' token ids) the probe from `out.logprobs`."""
+    `letter_ids` (the request's option letters' token ids) their log-probabilities from `out.logprobs`."""
     ids = list(out.token_ids)
     if out.finish_reason != "stop":  # "length" (or "abort": treated as a cut-off)
         result = GenResult(ids, out.text, "length", len(ids))

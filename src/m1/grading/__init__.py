@@ -3,12 +3,15 @@
 Two graders share the signature grade(text, item) -> Grade:
   "strict"  ours (the default): reads a letter only where the model clearly chose one.
   "m1"      the official m1 / HuatuoGPT-o1 scorer's decisions, for comparison with the paper.
+`score(text, item, grader)` grades with one by name and returns the typed Score a trace keeps
+beside what was generated (runs.Trace.scores).
 """
 from typing import Callable
 
 from m1.benchmarks.items import Item
 from m1.errors import M1Error
 from m1.grading import m1_compat, strict
+from m1.grading.score import Score, score
 from m1.grading.strict import Grade, extract_letter, grade
 
 Grader = Callable[[str, Item], Grade]
@@ -23,4 +26,4 @@ def get_grader(name: str) -> Grader:
         raise M1Error(f"unknown grader {name!r}; choose one of: {', '.join(GRADERS)}") from None
 
 
-__all__ = ["GRADERS", "Grade", "Grader", "extract_letter", "get_grader", "grade"]
+__all__ = ["GRADERS", "Grade", "Grader", "Score", "extract_letter", "get_grader", "grade", "score"]

@@ -28,6 +28,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Sequence
 
+from m1.grading.score import Score
 from m1.reporting import plots
 from m1.reporting.metrics import COLUMNS, compute_metrics
 from m1.reporting.sections import Section, Table, TraceLink
@@ -38,11 +39,14 @@ QUESTION_KEYS = ("id", "source", "gold", "options", "prompt")
 
 # ---- what the page shows, sent with the data (the JS has no field names of its own)
 
-# The trace view: every field of runs.Trace is shown once. The title line has HEADER's, BLOCKS
-# are text panels (their keys joined; "insertions": the knowledge inserted there, drawn in place;
-# kind "screened": a list shown only when not empty), IN_PLACE are drawn inside those blocks,
-# NOT_SHOWN say nothing new; every other field is a stat in the strip, LEAD's first, then in the
-# dataclass's order, labelled by LABELS or by its name.
+# The trace view: every field of runs.Trace is shown once, and so is each of SCORE_VIEWS, the
+# active grader's score (the page's record has them flat; "scores" holds every grader's verdict).
+# The title line has HEADER's, BLOCKS are text panels (their keys joined; "insertions": the knowledge
+# inserted there, drawn in place; kind "screened": a list shown only when not empty), IN_PLACE are
+# drawn inside those blocks, NOT_SHOWN say nothing new; every other field is a stat in the strip,
+# LEAD's first, then in the dataclass's order (the score's views where "scores" is), labelled by
+# LABELS or by its name.
+SCORE_VIEWS = ("letter", "outcome", "rule", "correct")
 HEADER = ("id", "source", "budget", "outcome", "knowledge", "knowledge_where")
 IN_PLACE = ("insertions",)  # each in the block whose "insertions" is its "where"
 NOT_SHOWN = ("correct", "schema")  # outcome says it; the line format's version
@@ -55,7 +59,7 @@ BLOCKS: tuple[dict[str, Any], ...] = (
     {"id": "graded", "label": "Graded text", "keys": ["graded_text"], "kind": "text"},
 )
 LEAD = ("gold", "letter", "rule")
-LABELS = {"letter": "extracted", "prompt_tokens": "prompt tok", "thinking_tokens": "thinking tok",
+LABELS = {"letter": "extracted", "scores": "graders", "prompt_tokens": "prompt tok", "thinking_tokens": "thinking tok",
           "think_finish_reasons": "think finish", "answer_tokens": "answer tok",
           "answer_finish_reason": "answer finish", "knowledge_tokens": "knowledge tok"}
 STAT_EXTRA = {"thinking_tokens": {"of": "budget"}}  # shown as "thinking tok 412 / 512"
@@ -77,7 +81,7 @@ def detail_fields(trace_type: type = Trace) -> dict[str, Any]:
     "searched": the keys the list's search reads}."""
     fields = dataclasses.fields(trace_type)
     flags = {f.name for f in fields if f.type in (bool, "bool")}  # a string under `from __future__ import annotations`
-    names = [f.name for f in fields]
+    names = [v for f in fields for v in ([*SCORE_VIEWS, f.name] if f.name == "scores" else [f.name])]
     block_keys = [k for b in BLOCKS for k in b["keys"]]
     taken = {*HEADER, *IN_PLACE, *NOT_SHOWN, *block_keys}
     order = [n for n in LEAD if n in names] + [n for n in names if n not in taken and n not in LEAD]
@@ -112,7 +116,7 @@ def run_card(run: Run) -> list[tuple[str, Any]]:
             ("model", c.get("model") or "embedded SmolLM2-135M"), ("engine", c.get("engine")),
             ("format", c.get("format")), ("budgets", ", ".join(map(str, budgets)) if budgets else None),
             ("forcing rounds", c.get("forcing_rounds")), ("temperature", c.get("temperature")),
-            ("method", c.get("method"))]
+            ("method", c.get("method")), ("grader", run.grader)]
 
 
 def _kind(values: list[Any]) -> str:
@@ -177,7 +181,7 @@ def build_data(runs: list[Run], images: dict[str, bytes], sections: Sequence[Sec
         out_runs.append({"name": run.name, "config": run.config, "card": run_card(run), "n": len(run.traces)})
         metric_rows += [{"run": run.name, **row} if several else row for row in compute_metrics(run.traces)]
         for trace in run.traces:
-            rec = trace.to_json()
+            rec = page_record(trace)
             key = (i, trace.source, trace.id)
             if key not in qindex:
                 qindex[key] = len(questions)
@@ -225,6 +229,20 @@ def build_data(runs: list[Run], images: dict[str, bytes], sections: Sequence[Sec
         "questions": questions,
         "traces": traces,
     }
+
+
+def page_record(trace: Trace) -> dict[str, Any]:
+    """A trace as the page reads it: its line, with the active grader's score flat (SCORE_VIEWS and
+    "grader") and "scores" as one short verdict per grader, "C correct (phrase)", the active one first."""
+    rec = trace.to_json()
+    rec.update({k: getattr(trace.score, k) for k in SCORE_VIEWS}, grader=trace.grader)
+    order = [trace.grader, *(g for g in trace.scores if g != trace.grader)]
+    rec["scores"] = {g: _verdict(trace.scores.get(g) or trace.score) for g in order}
+    return rec
+
+
+def _verdict(score: Score) -> str:
+    return f"{score.letter or '–'} {score.outcome}" + (f" ({score.rule})" if score.rule else "")
 
 
 def _data_uri(png: bytes) -> str:

@@ -38,13 +38,13 @@ import math
 import os
 import re
 import threading
-import urllib.parse
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
+from m1.client import Client, Policy, RequestFailed, StatusError
 from m1.errors import M1Error, first_line
 from m1.runs import question_text
 
@@ -238,9 +238,6 @@ class Judge:
                  timeout: float = 120.0, max_retries: int = 2, concurrency: int = 4,
                  max_reasoning_chars: int = 6000):
         base_url = str(base_url).strip().rstrip("/")
-        if urllib.parse.urlsplit(base_url).password is not None:
-            raise M1Error(f"judge base_url holds a password; put the key in the environment variable "
-                          f"{api_key_env} instead")
         if concurrency < 1 or max_tokens < 1 or max_retries < 0:
             raise M1Error("judge: concurrency and max_tokens must be >= 1, max_retries >= 0")
         self.base_url, self.model, self.api_key_env = base_url, model, api_key_env  # the key's name only
@@ -249,6 +246,7 @@ class Judge:
         self.cache = JudgeCache(cache)
         self.requests = 0
         self._lock = threading.Lock()
+        self.client = self._client()  # refuses a URL holding a password
 
     def __repr__(self) -> str:
         return f"Judge(base_url={self.base_url!r}, model={self.model!r}, api_key_env={self.api_key_env!r})"
@@ -262,7 +260,7 @@ class Judge:
         todo = {h: msgs for msgs, h in prepared if self.cache.get(self.model, h) is None}
         fresh: dict[str, Verdict] = {}
         if todo:
-            client = self._client()
+            client = self.client
             try:
                 with ThreadPoolExecutor(min(self.concurrency, len(todo))) as pool:
                     for h, verdict in zip(todo, pool.map(lambda item: self._ask(client, *item), todo.items())):
@@ -285,47 +283,43 @@ class Judge:
                 out.append(Verdict(parse_label(hit["reply"]), hit["reply"], h, cached=True))
         return out
 
-    def _client(self):
+    def _client(self) -> Client:
+        # m1's client layer; every attempt counts in self.requests (retries through on_retry)
+        policy = Policy(timeout=self.timeout, retries=self.max_retries, backoff=0.5, backoff_max=10.0)
+        return Client(self.base_url, self.api_key_env, policy, on_retry=lambda cause: self._count(1),
+                      fix="fix --judge-url")
+
+    def _ask(self, client: Client, key: str, messages: list[dict[str, str]]) -> Verdict:
+        body = {"model": self.model, "messages": messages, "temperature": self.temperature,
+                "max_tokens": self.max_tokens}
         try:
-            import openai
-        except ImportError:
-            raise M1Error("the judge needs the openai package: pip install openai") from None
-        # Our own retries (counted); the SDK's are off.
-        return openai.OpenAI(base_url=self.base_url, api_key=os.environ.get(self.api_key_env) or "none",
-                             max_retries=0, timeout=self.timeout)
-
-    def _ask(self, client, key: str, messages: list[dict[str, str]]) -> Verdict:
-        import openai
-
-        error = "never asked"
-        for _ in range(self.max_retries + 1):
-            with self._lock:
-                self.requests += 1
-            try:
-                r = client.chat.completions.create(model=self.model, messages=messages,
-                                                   temperature=self.temperature, max_tokens=self.max_tokens)
-                choice = r.choices[0]
-                reply = choice.message.content or ""
-            except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
-                raise M1Error(f"judge at {self.base_url} refused the key (HTTP {e.status_code}); set "
+            reply, finish = client.post("/chat/completions", body, validate=_chat_reply)
+        except StatusError as e:
+            if e.status in (401, 403):
+                raise M1Error(f"judge at {self.base_url} refused the key (HTTP {e.status}); set "
                               f"{self.api_key_env} in the environment") from None
-            except openai.APIStatusError as e:
-                error = f"HTTP {e.status_code}"
-                if e.status_code < 500 and e.status_code not in (408, 409, 429):
-                    break
-                continue
-            except openai.APITimeoutError:
-                error = f"no answer within {self.timeout:g} s"
-                continue
-            except openai.APIConnectionError as e:
-                error = f"connection failed ({type(e).__name__})"
-                continue
-            except (AttributeError, IndexError, TypeError, ValueError) as e:
-                error = f"not a chat completion ({first_line(e)[:80]})"
-                continue
-            self.cache.put(self.model, key, reply, getattr(choice, "finish_reason", None))
-            return Verdict(parse_label(reply), reply, key)
-        return Verdict(None, "", key, error=error)
+            self._count(1)
+            return Verdict(None, "", key, error=f"HTTP {e.status}")
+        except RequestFailed as e:
+            self._count(1)
+            why = {"timeout": f"no answer within {self.timeout:g} s", "connection": "connection failed",
+                   "malformed": "not a chat completion"}
+            return Verdict(None, "", key, error=why.get(e.cause, e.cause))
+        self._count(1)
+        self.cache.put(self.model, key, reply, finish)
+        return Verdict(parse_label(reply), reply, key)
+
+    def _count(self, attempts: int) -> None:
+        with self._lock:
+            self.requests += attempts
+
+
+def _chat_reply(body: dict) -> tuple[str, str | None]:
+    choice = body["choices"][0]
+    content = choice["message"].get("content") or ""
+    if not isinstance(content, str):
+        raise TypeError("content is not text")
+    return content, choice.get("finish_reason")
 
 
 def judge_failures(runs: Sequence[Run], base_url: str, model: str, api_key_env: str = "OPENAI_API_KEY",

@@ -8,29 +8,27 @@ from typing import TYPE_CHECKING, Iterable
 if TYPE_CHECKING:
     from m1.runs import Trace
 
-Z_95 = 1.959964  # two-sided 95% normal quantile
+Z_95 = 1.959964  # two-sided 95% normal quantile (to 7 digits, as the reports have always used)
 
 
 def wilson_interval(k: int, n: int, z: float = Z_95) -> tuple[float, float]:
-    """Wilson score interval for k successes in n trials.
+    """Wilson score interval for k successes in n trials (statsmodels' proportion_confint).
 
     Wilson rather than the normal approximation because benchmark slices are often
     small and accuracies near 0 or 1, where p +- z*se leaves [0, 1] or collapses to a
     point. n == 0 returns (0.0, 1.0): with no data every accuracy is possible.
     """
+    # Imported here: scipy and statsmodels take seconds to import, and `m1 eval` never needs them.
+    from scipy.stats import norm
+    from statsmodels.stats.proportion import proportion_confint
+
     if n < 0 or not 0 <= k <= n:
         raise ValueError(f"wilson_interval needs 0 <= k <= n, got k={k}, n={n}")
     if n == 0:
         return 0.0, 1.0
-    p = k / n
-    z2 = z * z
-    denom = 1 + z2 / n
-    centre = (p + z2 / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / denom
+    lo, hi = proportion_confint(k, n, alpha=2 * norm.sf(z), method="wilson")
     # At k == 0 or k == n the bound is exactly 0 or 1; rounding would leave 0.9999999999999999.
-    lo = 0.0 if k == 0 else max(0.0, centre - half)
-    hi = 1.0 if k == n else min(1.0, centre + half)
-    return lo, hi
+    return 0.0 if k == 0 else float(lo), 1.0 if k == n else float(hi)
 
 
 COLUMNS = ["source", "budget", "n", "accuracy", "ci_low", "ci_high", "unparsed_rate",

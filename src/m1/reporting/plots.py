@@ -3,6 +3,9 @@
 Every function takes a list of runs and returns a matplotlib Figure, so several runs overlay
 on the same axes and a notebook can show or restyle them; the report saves them as PNG
 (`png_bytes`, then runs.write_atomic). Runs are labelled by name only when there are several.
+
+Figures are plain `matplotlib.figure.Figure` objects (`grid`), never pyplot's: no global figure
+list, no backend to choose, nothing to close; a figure is freed when the last reference goes.
 """
 from __future__ import annotations
 
@@ -31,29 +34,28 @@ TITLES = {
 }
 
 
-def pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display on servers or in CI
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def png_bytes(fig: Figure) -> bytes:
-    """The figure as PNG; closes it (a report renders dozens, pyplot keeps them all otherwise)."""
+    """The figure as PNG (drawn by matplotlib's Agg renderer, whatever backend pyplot would use)."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
-    pyplot().close(fig)
     return buf.getvalue()
+
+
+def colours() -> list[str]:
+    """The colours of matplotlib's property cycle (rcParams), in order: a line's colour per run."""
+    import matplotlib
+
+    return list(matplotlib.rcParams["axes.prop_cycle"].by_key()["color"])
 
 
 def grid(n: int, width: float = 4.2, height: float = 3.2):
     """A figure with n panels, at most 3 a row: (fig, axes)."""
+    from matplotlib.figure import Figure
+
     cols = min(n, 3)
     nrows = math.ceil(n / cols)
-    fig, axes = pyplot().subplots(nrows, cols, figsize=(width * cols, height * nrows), dpi=110,
-                                  squeeze=False)
+    fig = Figure(figsize=(width * cols, height * nrows), dpi=110)
+    axes = fig.subplots(nrows, cols, squeeze=False)
     flat = [ax for row in axes for ax in row]
     for ax in flat[n:]:
         ax.set_visible(False)

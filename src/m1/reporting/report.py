@@ -37,7 +37,8 @@ def report(runs: list[Run], out: str | Path, grader: str | None = None,
            analyses: list[Analysis] | None = None) -> Report:
     """Write every table, plot and section for `runs` into `out`; returns what was written.
 
-    grader: re-grade every run with it first (None keeps each run's own grades).
+    grader: show every run with that grader's scores: those stored (`m1 regrade`), graded now where
+    none is (None keeps each run's own grader).
     analyses: which sections to compute (default: all of m1.reporting.analyses.ANALYSES)."""
     from m1.reporting.analyses import ANALYSES
 

@@ -148,15 +148,13 @@ def _percentiles(samples: np.ndarray, alpha: float) -> tuple[float, float]:
 # ---- paired comparisons ----
 
 def mcnemar_exact(b: int, c: int) -> float:
-    """Two-sided exact McNemar p-value: under "no difference" each of the b + c discordant
-    questions is equally likely to go either way, so min(b, c) is Binomial(b + c, 1/2)."""
+    """Two-sided exact McNemar p-value (statsmodels): under "no difference" each of the b + c
+    discordant questions is equally likely to go either way, so min(b, c) is Binomial(b + c, 1/2)."""
+    from statsmodels.stats.contingency_tables import mcnemar  # slow to import; reports only
+
     if b < 0 or c < 0:
         raise ValueError(f"mcnemar_exact needs counts >= 0, got b={b}, c={c}")
-    n = b + c
-    if n == 0:
-        return 1.0
-    tail = sum(math.comb(n, i) for i in range(min(b, c) + 1))
-    return min(1.0, 2 * tail / 2 ** n)  # exact integers until the final division
+    return float(mcnemar([[0, b], [c, 0]], exact=True).pvalue)
 
 
 def flip_table(a: Sequence[bool], b: Sequence[bool]) -> Flips:
@@ -213,19 +211,13 @@ def paired_pooled(groups: Mapping[str, tuple[Sequence[bool], Sequence[bool]]], n
 
 # ---- several seeds ----
 
-# Two-sided 95% Student t quantiles for 1..30 degrees of freedom.
-_T95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
-        2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
-        2.045, 2.042]
-
-
 def t95(df: int) -> float:
+    """Two-sided 95% Student t quantile (scipy)."""
+    from scipy.stats import t  # slow to import; reports only
+
     if df < 1:
         raise ValueError(f"t95 needs df >= 1, got {df}")
-    if df <= len(_T95):
-        return _T95[df - 1]
-    z = 1.959964  # Cornish-Fisher: within 1e-3 of the exact quantile beyond 30 df
-    return z + (z ** 3 + z) / (4 * df) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * df ** 2)
+    return float(t.ppf(0.975, df))
 
 
 def across_seeds(values: Sequence[float]) -> SeedSummary:

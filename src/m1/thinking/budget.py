@@ -32,24 +32,28 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from dataclasses import dataclass, field, replace
-from typing import Callable, Literal, Protocol, Sequence
+from typing import TYPE_CHECKING, Callable, Literal, Protocol, Sequence
 
 from m1.engines.base import Engine, GenRequest, GenResult, common_prefix, run_sync
 from m1.errors import M1Error
 from m1.thinking.formats import ReasoningFormat
 from m1.thinking.policies import BUDGET, NATURAL_END, Episode, Policy
 
+if TYPE_CHECKING:
+    from m1.config import EvalConfig
+
 Ending = Literal["natural", "budget"]
 
 
 @dataclass(frozen=True)
 class ThinkingParams:
-    """How to think and answer. `budget` caps thinking ids per question."""
+    """How to think and answer. `budget` caps thinking ids per question. Its defaults are
+    EvalConfig's; `from_config` makes the controller's from a run's config."""
 
     budget: int
     forcing_rounds: int = 0
     ignore_str: str = "Wait"
-    answer_max_tokens: int = 1024
+    answer_max_tokens: int = 64
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int = 0
@@ -64,6 +68,13 @@ class ThinkingParams:
             raise M1Error(f"forcing rounds must be >= 0, got {self.forcing_rounds}")
         if self.answer_max_tokens <= 0:
             raise M1Error(f"answer max tokens must be positive, got {self.answer_max_tokens}")
+
+    @classmethod
+    def from_config(cls, cfg: EvalConfig) -> ThinkingParams:
+        """The controller's settings for a run: thinking to its largest budget."""
+        return cls(budget=max(cfg.budgets), forcing_rounds=cfg.forcing_rounds, ignore_str=cfg.ignore_str,
+                   answer_max_tokens=cfg.answer_max_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                   seed=cfg.seed, min_thinking=cfg.min_thinking)
 
 
 @dataclass(frozen=True)
@@ -126,7 +137,8 @@ class Thinking:
         """The thinking a run at `budget` would have produced (see module docstring): the
         context cut where the budget is spent. An insertion the budget reaches first is not
         made; one that counts against the budget may be cut."""
-        if self.ended == "natural" and self.used <= budget:
+        # budget 0 never asks the model (an independent run there is a cut, whatever it would do)
+        if self.ended == "natural" and self.used <= budget and budget > 0:
             return self
         remaining, pos = budget, 0
         kept: list[Insertion] = []
@@ -171,7 +183,7 @@ class Answer:
     text: str
     finish_reason: str
     prefix: str  # the answer delimiter that was appended before generating
-    # The probe (engines/probes.py), when the question has option letters: letter ->
+    # Option-letter log-probabilities (engines/probes.py), when the question has option letters: letter ->
     # log-probability at the answer position, ids[option_position]; None when the engine
     # gives none or the answer names no letter.
     option_logprobs: dict[str, float] | None = None
@@ -274,6 +286,8 @@ class BudgetController:
                 s.ids += res.token_ids[:room]
                 if limit == budget or len(res.token_ids) < room:  # the budget, or the context, is spent
                     break
+        if s.ended == "budget":
+            s.stop = None  # an earlier round's stop was replaced; this thinking did not stop
         return s
 
     def _force(self, s: Thinking, budget: int) -> None:
@@ -358,12 +372,13 @@ class BudgetController:
                 continue
             res = by_ctx[req.prompt_ids]
             ids = res.token_ids[: res.stop_index]
-            probed = res.option_logprobs is not None and res.option_position is not None \
+            letter_found = res.option_logprobs is not None and res.option_position is not None \
                 and res.option_position < len(ids)
             out.append(Answer(ids=ids, text=self.engine.detokenize(ids), finish_reason=res.finish_reason,
                               prefix=self.answer_prefix(th),
-                              option_logprobs=dict(res.option_logprobs) if probed and res.option_logprobs else None,
-                              option_position=res.option_position if probed else None))
+                              option_logprobs=dict(res.option_logprobs) if letter_found and res.option_logprobs
+                              else None,
+                              option_position=res.option_position if letter_found else None))
         return out
 
     async def question(self, prompt: Sequence[int], key: str, budgets: Sequence[int], method: str = "cut",
@@ -373,7 +388,7 @@ class BudgetController:
 
         method "cut": think once at the largest budget and cut (exact, see module doc).
         method "independent": think from scratch for each budget (the official way).
-        `option_letters`: the item's option letters, probed in every answer (answer_request).
+        `option_letters`: the item's option letters, whose log-probabilities every answer reads (answer_request).
         `injector`: knowledge put into the thinking (think_one), at the same places for every budget."""
         budgets = sorted(set(budgets), reverse=True)
         if method == "independent":
@@ -486,7 +501,7 @@ def sweep(controller: BudgetController, prompts, keys, budgets: Sequence[int], m
           option_letters: Sequence[Sequence[str]] | None = None):
     """Thinking and answers for every budget, every question in its own pipeline.
     Returns {budget: (thinkings, answers)} in the order of `prompts`. `option_letters`: each
-    question's option letters, to probe in its answers."""
+    question's option letters, whose log-probabilities its answers read."""
     letters = option_letters if option_letters is not None else [()] * len(prompts)
 
     async def all_():
@@ -495,7 +510,3 @@ def sweep(controller: BudgetController, prompts, keys, budgets: Sequence[int], m
     per_question = run_sync(all_())
     return {b: ([q[b][0] for q in per_question], [q[b][1] for q in per_question])
             for b in sorted(set(budgets), reverse=True)}
-
-
-def with_budget(params: ThinkingParams, budget: int) -> ThinkingParams:
-    return replace(params, budget=budget)

@@ -1,7 +1,9 @@
 """When to stop thinking: adaptive stopping policies, shared by the offline simulation and the online mode.
 
 A policy watches a question's thinking at *checkpoints* and, after a *probe* (an answer forced
-there, as at a budget cut), says whether to stop and answer with that probe's answer.
+there, as at a budget cut), says whether to stop and answer with that probe's answer. (A probe's
+`option_logprobs` are read by the engine as m1.engines.probes describes; that module's "probes"
+are those log-probabilities, not forced answers.)
 Nothing here touches an engine: the same objects decide in `m1 eval --adaptive` (online) and in
 the report's replay of a dense one-pass sweep (offline, `simulate`), so on the same probes both
 stop at the same place with the same answer, by construction.

@@ -10,20 +10,21 @@ from __future__ import annotations
 import dataclasses
 import os
 import typing
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Literal
 
-from m1.config import M1_INSTRUCTION
+from pydantic import Field
+
+from m1.config import M1_INSTRUCTION, NonNegative, Positive
+from m1.configfile import CommaList, settings
 from m1.errors import M1Error
 
-DTYPES = ("auto", "bfloat16", "float16", "float32")
-ATTENTION = ("auto", "sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
-TRAINERS = ("trl", "hf")
 CONFIG_NAME = "train_config.yaml"
+Fraction = Annotated[float, Field(ge=0, lt=1)]
 REQUIRED: tuple[typing.Literal["model", "dataset", "output_dir"], ...] = ("model", "dataset", "output_dir")
 
 
-@dataclass(frozen=True)
+@settings
 class TrainConfig:
     """One supervised fine-tune on reasoning traces (defaults: the m1 paper's recipe)."""
 
@@ -32,83 +33,66 @@ class TrainConfig:
     gguf_file: str | None = None  # a GGUF file name inside `model` when model is a folder
     dataset: str | None = None  # a local .json/.jsonl/.parquet file, or a hub id such as UCSC-VLAA/m1K
     dataset_split: str = "train"
-    limit: int | None = None  # use only the first N records (smoke tests)
+    limit: Positive | None = None  # use only the first N records (smoke tests)
     output_dir: str | None = None
     # -- how examples are rendered --------------------------------------------------
     # Appended to each question on its own line; the default is m1 eval's default
     # --instruction, so a trained model is evaluated on the prompt it was trained on.
     instruction: str | None = M1_INSTRUCTION
     system_prompt: str | None = None  # None: whatever the chat template does by default
-    max_length: int = 32768  # the paper's block size; longer examples are truncated
+    max_length: Positive = 32768  # the paper's block size; longer examples are truncated
     packing: bool = False  # several examples per row, positions restart at each one
     # -- optimisation (paper: lr 1e-5 in the code; the appendix's 1e-4 is a misprint) --
-    learning_rate: float = 1e-5
-    num_train_epochs: float = 5.0
+    learning_rate: Annotated[float, Field(gt=0)] = 1e-5
+    num_train_epochs: Annotated[float, Field(gt=0)] = 5.0
     max_steps: int = -1  # > 0 overrides epochs (tests, smoke runs)
-    global_batch_size: int = 16  # = per_device_batch_size x gradient_accumulation_steps x world size
-    per_device_batch_size: int = 1
-    gradient_accumulation_steps: int | None = None  # None: derived from the global batch
-    weight_decay: float = 1e-4
-    warmup_ratio: float = 0.05
+    global_batch_size: Positive = 16  # = per_device_batch_size x gradient_accumulation_steps x world size
+    per_device_batch_size: Positive = 1
+    gradient_accumulation_steps: Positive | None = None  # None: derived from the global batch
+    weight_decay: Annotated[float, Field(ge=0)] = 1e-4
+    warmup_ratio: Fraction = 0.05
     lr_scheduler_type: str = "cosine"
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.95
+    adam_beta1: Fraction = 0.9
+    adam_beta2: Fraction = 0.95
     max_grad_norm: float = 1.0
     # -- numerics and memory ---------------------------------------------------------
     # dtype is what the weights are loaded (and kept) in; bf16 is autocast on top. The
     # official script loaded fp32 without saying so; here both are explicit and saved.
-    dtype: str = "auto"  # auto: bfloat16 on a GPU that has it, else float32
+    # auto: bfloat16 on a GPU that has it, else float32
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     bf16: bool | None = None  # None: on where the hardware has bf16 (a GPU), off on CPU
-    attn_implementation: str = "auto"  # auto: flash_attention_2 if installed on GPU with a half dtype, else sdpa
+    # auto: flash_attention_2 if installed on GPU with a half dtype, else sdpa
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2", "flash_attention_3",
+                                 "flex_attention"] = "auto"
     gradient_checkpointing: bool = False
     # -- LoRA (off: full fine-tune as in the paper) ---------------------------------
     lora: bool = False
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    lora_target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    lora_r: Positive = 16
+    lora_alpha: Positive = 32
+    lora_dropout: Fraction = 0.05
+    lora_target_modules: CommaList[str] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
     merge_and_save: bool = True  # fold the adapter into the weights: an ordinary model folder
     # f16 | f32: also write output_dir/model-<dtype>.gguf for the embedded llama.cpp engine
     # (models trained from a GGUF only: its tokenizer metadata is reused; see training/export.py)
-    export_gguf: str | None = None
+    export_gguf: Literal["f16", "f32"] | None = None
     # -- bookkeeping ---------------------------------------------------------------------
-    trainer: str = "trl"  # trl: TRL SFTTrainer; hf: plain transformers Trainer (same data, same loss)
+    trainer: Literal["trl", "hf"] = "trl"  # trl: TRL SFTTrainer; hf: plain transformers Trainer (same data, same loss)
     seed: int = 42
-    save_steps: int | None = None  # None: a checkpoint each epoch (as the paper's script); 0: final model only
-    save_total_limit: int | None = None
-    logging_steps: int = 1
+    save_steps: NonNegative | None = None  # None: a checkpoint each epoch (as the paper's script); 0: final model only
+    save_total_limit: Positive | None = None
+    logging_steps: Positive = 1
     resume: bool | str = False  # true: the latest checkpoint in output_dir; or a checkpoint folder
     overwrite: bool = False  # allow a fresh run into an output_dir that already has checkpoints
     report_to: str = "none"  # e.g. wandb, tensorboard
-    dataloader_num_workers: int = 0
+    dataloader_num_workers: NonNegative = 0
     # CPU only: torch threads for this process (None: torch's default). On a shared or
     # small machine 1 thread can be several times faster than oversubscribed cores.
-    cpu_threads: int | None = None
+    cpu_threads: Positive | None = None
     trust_remote_code: bool = False
-
-    def __post_init__(self):
-        if self.dtype not in DTYPES:
-            raise M1Error(f"train config: dtype {self.dtype!r} unknown; choose one of {', '.join(DTYPES)}")
-        if self.attn_implementation not in ATTENTION:
-            raise M1Error(f"train config: attn_implementation {self.attn_implementation!r} unknown; "
-                          f"choose one of {', '.join(ATTENTION)}")
-        if self.trainer not in TRAINERS:
-            raise M1Error(f"train config: trainer {self.trainer!r} unknown; choose one of {', '.join(TRAINERS)}")
-        for name in ("max_length", "global_batch_size", "per_device_batch_size", "lora_r", "logging_steps"):
-            if getattr(self, name) <= 0:
-                raise M1Error(f"train config: {name} must be positive, got {getattr(self, name)}")
-        if self.learning_rate <= 0:
-            raise M1Error(f"train config: learning_rate must be positive, got {self.learning_rate}")
-        if not 0 <= self.warmup_ratio < 1:
-            raise M1Error(f"train config: warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-        if self.limit is not None and self.limit <= 0:
-            raise M1Error(f"train config: limit must be positive, got {self.limit}")
-        if self.export_gguf not in (None, "f16", "f32"):
-            raise M1Error(f"train config: export_gguf {self.export_gguf!r} unknown; choose f16, f32 or null")
 
     # -- resolution -------------------------------------------------------------------------
     def check_complete(self) -> None:
-        """The fields a run cannot do without (kept out of __post_init__ so overrides can fill them)."""
+        """The fields a run cannot do without (not required by the model, so overrides can fill them)."""
         for name in REQUIRED:
             self.require(name)
 

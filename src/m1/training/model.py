@@ -4,14 +4,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from m1.errors import M1Error, first_line
+from m1.models import embedded_model_path
 from m1.training.config import TrainConfig
 
 
 def resolve_source(model: str, gguf_file: str | None = None) -> tuple[str, str | None]:
     """(folder or hub id, GGUF file name) as from_pretrained wants them."""
     if model == "embedded":
-        from m1.engines.llamacpp import embedded_model_path
-
         path = embedded_model_path()
         return str(path.parent), path.name
     from m1.engines.hf import resolve_model_source  # the same rules as the hf engine's

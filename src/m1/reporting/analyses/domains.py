@@ -12,7 +12,7 @@ is used and the text says so. Domains with fewer than `min_questions` questions 
 pooled into one "other (pooled: ...)" row, and the text says how many.
 
 Labellers. The default, `OfflineLabeller`, is the curation pipeline's TF-IDF classifier
-(m1.curation.domains.TfidfClassifier: numpy only, deterministic, no network) set up for exam
+(m1.curation.domains.TfidfClassifier: scikit-learn, deterministic, no network) set up for exam
 questions. It labels 1,000 questions in under a second, so labels are recomputed, never cached.
 The set-up:
   - the qualifier descriptions lose their exclusion clauses ("It excludes case histories",
@@ -47,15 +47,12 @@ Links: per run, a few questions of the domain that gains most that went wrong ->
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import re
 from collections import Counter, defaultdict
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
-
-import numpy as np
 
 from m1.curation.domains import Qualifier, TfidfClassifier, _words, qualifiers
 from m1.reporting import stats
@@ -178,18 +175,9 @@ class OfflineLabeller:
 
     def __call__(self, texts: list[str]) -> list[Qualifier | None]:
         clf, quals = _classifier(self.tuned), _qualifiers()
-        out: list[Qualifier | None] = []
-        for text in texts:
-            # The classifier's TF-IDF vector, kept sparse: only the columns of the words present.
-            counts = Counter(w for w in (exam_words(text) if self.tuned else _words(text)) if w in clf.vocab)
-            if not counts:
-                out.append(None)
-                continue
-            cols = [clf.vocab[w] for w in counts]
-            weights = np.array([1 + math.log(n) for n in counts.values()]) * clf.idf[cols]
-            scores = clf.matrix[:, cols] @ weights  # the text's norm would not change the argmax
-            out.append(quals[int(scores.argmax())] if scores.max() > 0 else None)
-        return out
+        scores = clf.scores([exam_words(t) if self.tuned else _words(t) for t in texts])
+        # A text without a known word scores 0 everywhere: unlabelled rather than the first qualifier.
+        return [quals[int(row.argmax())] if row.max() > 0 else None for row in scores]
 
 
 def default_cache() -> Path:
@@ -250,14 +238,10 @@ def label_runs(runs: Sequence[Run], labeller: Labeller | None = None,
 # ---- the analysis ----
 
 def holm(pvalues: Sequence[float]) -> list[float]:
-    """Holm's step-down adjustment: family-wise error control over the domains of a run."""
-    order = sorted(range(len(pvalues)), key=lambda i: pvalues[i])
-    out = [1.0] * len(pvalues)
-    running = 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (len(pvalues) - rank) * pvalues[i]))
-        out[i] = running
-    return out
+    """Holm's step-down adjustment (statsmodels): family-wise error control over the domains of a run."""
+    from statsmodels.stats.multitest import multipletests  # slow to import; reports only
+
+    return [float(p) for p in multipletests(pvalues, method="holm")[1]]
 
 
 def _pool(counts: Counter, min_questions: int) -> tuple[dict[str, str], list[str]]:

@@ -8,7 +8,7 @@ answer at each budget, in order. Two sections read them.
   - Natural end: a cut sweep that ended its thinking by itself before budget B holds the same
     trace at every larger budget, so the trajectory is held there: from the first budget whose
     thinking ended naturally, every later budget takes that budget's answer (runs made with
-    `--method independent` rethink at each budget and are used as they are).
+    `m1 eval --independent` rethink at each budget and are used as they are).
   - settle point: the smallest budget from which the answer (a letter, or unparsed) stays what it
     is at the largest budget; defined for every question, unparsed at the end included. A
     question settles no later than its natural end.
@@ -200,8 +200,9 @@ QUESTION_COLUMNS = ["run", "source", "id", "answers", "settle", "natural_end", "
 DOMAIN_COLUMNS = ["run", "domain", *SUMMARY_STATS]
 
 
-def summarize(trajs: Sequence[Trajectory]) -> dict[str, Any]:
-    """The summary statistics of a group of trajectories (SUMMARY_STATS)."""
+def trajectory_summary(trajs: Sequence[Trajectory]) -> dict[str, Any]:
+    """The summary statistics of a group of trajectories (SUMMARY_STATS): a trajectory_summary row
+    without its run and source."""
     n = len(trajs)
     settle = np.array([t.settle_budget for t in trajs])
     q = np.quantile(settle, [0.25, 0.5, 0.75, 0.9], method="inverted_cdf")  # a budget that was run
@@ -308,18 +309,18 @@ def trajectory(runs: list[Run], domains: Mapping[tuple[str, str], str] | None = 
             continue
         per_run.append((run, trajs))
         for source, group in _groups(trajs).items():
-            summary.append({"run": run.name, "source": source, **summarize(group)})
+            summary.append({"run": run.name, "source": source, **trajectory_summary(group)})
             settled_rows += [{"run": run.name, "source": source, **r} for r in settled(group)]
         question_rows += _question_rows(run, trajs)
         if domains is not None:
-            domain_rows += [{"run": run.name, "domain": d, **summarize(g)}
+            domain_rows += [{"run": run.name, "domain": d, **trajectory_summary(g)}
                             for d, g in _domain_groups(trajs, domains).items()]
         links += _links(run, trajs)
         if left_out:
             notes.append(f"{run.name}: questions not answered at every budget (a run still going?) are left out ("
                          + ", ".join(f"{s}: {k}" for s, k in sorted(left_out.items())) + ").")
         if run.config.get("method") == "independent":
-            notes.append(f"{run.name} rethinks at every budget (--method independent): its trajectories are "
+            notes.append(f"{run.name} rethinks at every budget (m1 eval --independent): its trajectories are "
                          "answers of separate thinking runs, not of one thinking cut ever later, and are not held "
                          "after a natural end.")
         if len(trajs) > MAX_QUESTION_ROWS:
@@ -393,7 +394,7 @@ def stability_figure(per_run: list[tuple[Run, list[Trajectory]]]) -> Figure:
         panels = [*sources, MICRO]
     fig, axes = plots.grid(len(panels))
     several = len(per_run) > 1
-    colours = plots.pyplot().rcParams["axes.prop_cycle"].by_key()["color"]
+    colours = plots.colours()
     for ax, panel in zip(axes, panels):
         budgets: list[int] = []
         for i, (run, trajs) in enumerate(per_run):
@@ -583,7 +584,7 @@ def adaptive(runs: list[Run], policies: Sequence[pol.Policy] | None = None, n_bo
             notes.append(f"{run.name}: no option log-probabilities in its traces (the engine gave none), so the "
                          "Confidence and Deer policies are left out.")
         if run.config.get("method") == "independent":
-            notes.append(f"{run.name} rethinks at every budget (--method independent): a replay reads each probe "
+            notes.append(f"{run.name} rethinks at every budget (m1 eval --independent): a replay reads each probe "
                          "from a separate thinking run, so it approximates the online mode only.")
         budgets = run.budgets
         gaps = sorted({k for p in (policies or default_policies(budgets)) for k in pol.missing_checkpoints(p, budgets)})
@@ -686,4 +687,4 @@ def _short(params: str) -> str:
 
 __all__ = ["MIN_BUDGETS", "POLICY_COLUMNS", "QUESTION_COLUMNS", "SETTLED_COLUMNS", "SUMMARY_COLUMNS", "Trajectory",
            "adaptive", "default_policies", "fixed_outcome", "policy_row", "question_trajectory", "raster_figure",
-           "replay", "settled", "stability_figure", "summarize", "trajectories", "trajectory"]
+           "replay", "settled", "stability_figure", "trajectories", "trajectory", "trajectory_summary"]
