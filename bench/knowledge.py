@@ -117,7 +117,7 @@ def main() -> int:
           f"budgets {s['budgets']}, "
           f"min thinking {s['min_thinking']} (ignore string {s['ignore_str']!r}), k {s['k']}, format plain, greedy\n")
     print("Cost per condition (one engine, every budget from one thinking pass per question)\n")
-    print(table(cost, ["condition", "wall s", "questions", "mean prompt tokens", "mean knowledge tokens",
+    print(table(cost, ["condition", "run s", "questions", "mean prompt tokens", "mean knowledge tokens",
                        "knowledge code s", "knowledge share of wall", "context / minimum",
                        "budget overruns"]) + "\n")
     if section is None:
@@ -140,7 +140,10 @@ def _cost(label: str, run: m1.Run, wall: float) -> dict:
     overruns = sum(t.thinking_tokens + (t.knowledge_tokens if run.config.get("knowledge_counted") else 0) > t.budget
                    for t in traces)
     code_s = float(load.get("knowledge_seconds") or 0.0)
-    return {"condition": label, "wall s": round(wall, 1), "questions": len(per_q),
+    # the run's own time on the engine, as metrics.json records it: right for a resumed run too, where
+    # the wall time of this process is only what was left
+    wall = float(load.get("seconds") or wall)
+    return {"condition": label, "run s": round(wall, 1), "questions": len(per_q),
             "mean prompt tokens": statistics.mean(t.prompt_tokens for t in per_q) if per_q else 0.0,
             "mean knowledge tokens": statistics.mean(t.knowledge_tokens for t in per_q) if per_q else 0.0,
             "knowledge code s": round(code_s, 2), "knowledge share of wall": code_s / wall if wall else 0.0,

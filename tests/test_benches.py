@@ -81,7 +81,7 @@ BENCHES = [
           ("bm25s",)),
     # knowledge.py exits 1 when a trace spent more than its budget or the report lost its knowledge section
     Bench("knowledge.py",
-          [["condition", "wall s", "questions", "mean prompt tokens", "mean knowledge tokens", "knowledge code s",
+          [["condition", "run s", "questions", "mean prompt tokens", "mean knowledge tokens", "knowledge code s",
             "knowledge share of wall", "context / minimum", "budget overruns"],
            ["condition", "budget", "n", "accuracy", "ci_low", "ci_high", "mean_thinking_tokens",
             "mean_knowledge_tokens", "collapsed_share"]],
