@@ -50,6 +50,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import textwrap
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
@@ -788,6 +789,8 @@ def _figure(group: Group):
             ax.fill_between(x, [c[0] for c in ci], [c[1] for c in ci], alpha=0.1, color=line.get_color())
         traces = [t for c in group.everything for t in c.run.traces if panel == MICRO or t.source == panel]
         accuracy_panel(ax, budgets, panel, chance(traces))
-    fig.suptitle(f"Accuracy by knowledge condition · {group.name}: {describe(group.none.run.config)}", fontsize=9)
+    title = f"Accuracy by knowledge condition · {group.name}: {describe(group.none.run.config)}"
+    # wrapped to the figure's width: a model file's name would run past a one-panel figure's edges
+    fig.suptitle(textwrap.fill(title, width=int(fig.get_figwidth() * 13)), fontsize=9)
     fig.tight_layout()
     return fig
