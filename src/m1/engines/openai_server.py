@@ -54,7 +54,7 @@ from m1.engines.base import (
 from m1.engines.tokenizers import load_tokenizer
 from m1.errors import M1Error
 
-__all__ = ["OpenAIEngine", "SERVERS", "ServerDown", "load_tokenizer"]
+__all__ = ["OpenAIEngine"]
 
 
 @dataclass
