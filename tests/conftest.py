@@ -28,7 +28,8 @@ SLOW_FIXTURES = {
 # Modules whose tests (nearly) all load a model, start a server or a browser, or train.
 SLOW_MODULES = frozenset({
     "test_adaptive.py", "test_curation_live.py", "test_engine_llama_server.py", "test_html_knowledge.py",
-    "test_html_report.py", "test_kquant_invariance.py", "test_pipelines.py", "test_train_mask.py",
+    "test_html_report.py", "test_kquant_invariance.py", "test_pipelines.py", "test_serve.py", "test_serve_fuzz.py",
+    "test_train_mask.py",
     "test_train_run.py",
 })
 # Single tests ("module::name", every parametrization) that load a model, run `m1 eval` or a

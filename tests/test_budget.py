@@ -1,6 +1,7 @@
 """Exact thinking budgets, forcing and the one-pass sweep, on the real embedded model."""
 import pytest
 
+from batch import answer, think
 from m1.engines.base import GenRequest
 from m1.errors import M1Error
 from m1.thinking import BudgetController, ThinkingParams, get_format, sweep
@@ -32,7 +33,7 @@ def test_batched_generation_matches_one_at_a_time(engine, prompts):
 @pytest.mark.parametrize("budget,rounds", [(7, 0), (33, 2), (100, 3)])
 def test_thinking_never_exceeds_budget_with_forcing(engine, prompts, medqa_items, budget, rounds):
     ctl = BudgetController(engine, get_format("m1"), ThinkingParams(budget=budget, forcing_rounds=rounds))
-    for th in ctl.think(prompts, keys(medqa_items)):
+    for th in think(ctl, prompts, keys(medqa_items)):
         assert len(th.ids) <= budget
         assert th.rounds <= rounds
         if th.ended == "budget":
@@ -43,7 +44,7 @@ def test_thinking_never_exceeds_budget_with_forcing(engine, prompts, medqa_items
 def test_forcing_inserts_the_ignore_string_where_the_model_stopped(engine, prompts, medqa_items):
     ctl = BudgetController(engine, get_format("m1"), ThinkingParams(budget=160, forcing_rounds=2))
     wait = engine.tokenize("Wait")
-    forced = [th for th in ctl.think(prompts, keys(medqa_items)) if th.forced_at]
+    forced = [th for th in think(ctl, prompts, keys(medqa_items)) if th.forced_at]
     assert forced, "SmolLM2 ends its thinking early on MedQA; forcing should have fired"
     for th in forced:
         for p in th.forced_at:
@@ -66,8 +67,8 @@ def test_cut_sweep_equals_independent_runs(engine, prompts, medqa_items, rounds)
 def test_answer_prefix_depends_on_how_thinking_ended(engine, prompts, medqa_items):
     fmt = get_format("m1")
     ctl = BudgetController(engine, fmt, ThinkingParams(budget=4, answer_max_tokens=8))
-    th = ctl.think(prompts[:2], keys(medqa_items)[:2])
-    ans = ctl.answer(prompts[:2], th, keys(medqa_items)[:2])
+    th = think(ctl, prompts[:2], keys(medqa_items)[:2])
+    ans = answer(ctl, prompts[:2], th, keys(medqa_items)[:2])
     for t, a in zip(th, ans):
         assert a.prefix == (fmt.answer_forced if t.ended == "budget" else fmt.answer_start)
         assert len(a.ids) <= 8
@@ -77,7 +78,7 @@ def test_r1_format_stops_on_a_multi_token_delimiter(engine, prompts, medqa_items
     fmt = get_format("r1")
     ctl = BudgetController(engine, fmt, ThinkingParams(budget=64, answer_max_tokens=16))
     assert "</think>" in ctl.think_stop_strs  # several tokens on SmolLM2: matched as text
-    th = ctl.think(prompts[:3], keys(medqa_items)[:3])
+    th = think(ctl, prompts[:3], keys(medqa_items)[:3])
     for t in th:
         assert "</think>" not in engine.detokenize(t.ids)
         assert len(t.ids) <= 64
@@ -85,8 +86,8 @@ def test_r1_format_stops_on_a_multi_token_delimiter(engine, prompts, medqa_items
 
 def test_plain_format_skips_the_answer_phase_when_the_model_answered(engine, prompts, medqa_items):
     ctl = BudgetController(engine, get_format("plain"), ThinkingParams(budget=256, answer_max_tokens=16))
-    th = ctl.think(prompts[:3], keys(medqa_items)[:3])
-    ans = ctl.answer(prompts[:3], th, keys(medqa_items)[:3])
+    th = think(ctl, prompts[:3], keys(medqa_items)[:3])
+    ans = answer(ctl, prompts[:3], th, keys(medqa_items)[:3])
     for t, a in zip(th, ans):
         if t.ended == "natural":
             assert a.ids == [] and a.finish_reason == "none"
@@ -103,11 +104,11 @@ def test_bad_budget_is_a_clear_error():
 def test_thinking_records_which_stop_ended_it(engine, prompts, medqa_items):
     # SmolLM2 was never trained on m1's delimiters: it ends its turn instead of closing its thinking.
     m1 = BudgetController(engine, get_format("m1"), ThinkingParams(budget=64))
-    for t in m1.think(prompts[:3], keys(medqa_items)[:3]):
+    for t in think(m1, prompts[:3], keys(medqa_items)[:3]):
         assert t.ended == "natural" and t.stop == "<|im_end|>"
     # Cut by the budget: no stop; and the cut view of a natural ending keeps none either.
     plain = BudgetController(engine, get_format("plain"), ThinkingParams(budget=4))
-    for t in plain.think(prompts[:3], keys(medqa_items)[:3]):
+    for t in think(plain, prompts[:3], keys(medqa_items)[:3]):
         assert t.ended == "budget" and t.stop is None and len(t.ids) == 4
 
 

@@ -283,7 +283,9 @@ def test_config_errors(tmp_path, text, message):
 def test_example_config_parses_and_resolves_paths():
     cfg = load_config(Path(__file__).parents[1] / "configs" / "data" / "example.yaml")
     assert all(s.path is not None and Path(s.path).is_file() for s in cfg.collect.sources)
-    assert cfg.difficulty.models[0].engine == "openai" and cfg.select.sets[0].name == "m1k"
+    assert cfg.difficulty.models[0].engine == "llamacpp" and cfg.select.sets[0].name == "m1k"
+    assert cfg.distill.base_url == "http://127.0.0.1:8000/v1"  # where `m1 serve` listens by default
+    assert cfg.distill.params["thinking_token_budget"] > 0
 
 
 def test_build_skips_unchanged_stages_and_reruns_changed_ones(tmp_path):

@@ -318,7 +318,9 @@ def test_example_config_end_to_end_then_rerun_makes_no_calls(proxy, tmp_path):
         s["limit"] = 1 if s["name"] == "medqa" else 2
     doc["out_dir"] = str(tmp_path / "out")
     doc["dedup"]["benchmarks"] = ["pubmedqa", "medqa"]  # the full list is tested offline
-    doc["difficulty"]["models"][0].update(options={"base_url": proxy.url}, max_tokens=16)
+    # the example judges in process and asks `m1 serve` for traces (tests/test_serve.py drives the
+    # teacher against it); here both go through the faulty proxy to the llama-cpp-python server
+    doc["difficulty"]["models"][0].update(engine="openai", options={"base_url": proxy.url}, max_tokens=16)
     doc["difficulty"]["rule"] = "none"  # keep some items flowing: the same tiny model judges and teaches
     doc["distill"].update(base_url=proxy.url, params={"temperature": 0.0, "max_tokens": 24})
     doc["validate"]["grader"] = "m1"  # lenient, so a few of SmolLM2's answers pass

@@ -12,6 +12,7 @@ import asyncio
 
 import pytest
 
+from batch import answer, think
 from m1.config import EvalConfig, parse_budgets
 from m1.engines import engine_options, make_engine
 from m1.engines.base import GenRequest
@@ -248,8 +249,8 @@ def test_thinking_is_exactly_the_scripts_under_every_budget(fake, prompts, items
     string put in there; the answer forced after a cut; all id for id as a hand replay gives."""
     fmt = get_format("m1")
     ctl = BudgetController(fake, fmt, ThinkingParams(budget=budget, forcing_rounds=rounds, answer_max_tokens=8))
-    thinkings = ctl.think(prompts, ids_of(items))
-    answers = ctl.answer(prompts, thinkings, ids_of(items))
+    thinkings = think(ctl, prompts, ids_of(items))
+    answers = answer(ctl, prompts, thinkings, ids_of(items))
     wait = fake.tokenize("Wait")
     for p, th, ans in zip(prompts, thinkings, answers):
         ids, ended, forced = replay_thinking(fake, ctl, p, budget)
@@ -279,7 +280,7 @@ def test_forcing_rounds_insert_a_multi_token_ignore_string_and_count_exactly(fak
     ctl = BudgetController(fake, get_format("m1"), ThinkingParams(budget=200, forcing_rounds=4, ignore_str=ignore))
     n = len(ctl.ignore_ids)
     assert n >= 5 and fake.detokenize(ctl.ignore_ids) == ignore
-    for p, th in zip(prompts, ctl.think(prompts, ids_of(items))):
+    for p, th in zip(prompts, think(ctl, prompts, ids_of(items))):
         ids, ended, forced = replay_thinking(fake, ctl, p, 200)
         assert (th.ids, th.ended, th.forced_at) == (ids, ended, forced)
         text = fake.detokenize(th.ids)
@@ -351,11 +352,11 @@ def test_a_question_does_not_depend_on_what_runs_beside_it(prompts, items):
 def test_r1_stops_on_its_multi_token_delimiter_and_never_keeps_it(fake, prompts, items):
     ctl = BudgetController(fake, get_format("r1"), ThinkingParams(budget=200, answer_max_tokens=8))
     assert ctl.think_stop_strs == ("</think>",) and ctl.delimiter_len == 4
-    th = ctl.think(prompts, ids_of(items))
+    th = think(ctl, prompts, ids_of(items))
     assert any(t.stop == "</think>" for t in th)
     for t in th:
         assert "</think>" not in fake.detokenize(t.ids) and len(t.ids) <= 200
-    for t, a in zip(th, ctl.answer(prompts, th, ids_of(items))):
+    for t, a in zip(th, answer(ctl, prompts, th, ids_of(items))):
         if t.ended == "natural" and t.stop == "</think>":
             assert a.prefix == "</think>\n\n" and a.text.startswith("Answer: ")
 
@@ -370,15 +371,15 @@ def test_a_delimiter_on_the_budgets_last_token_is_a_natural_end():
             found = 0
             for q in range(30):
                 prompt = eng.tokenize(f"question {q}?")
-                th = ctl.think([prompt], [str(q)])[0]
+                th = think(ctl, [prompt], [str(q)])[0]
                 if th.ended != "natural":
                     continue
                 b = len(th.ids)  # the natural length: a budget of exactly that ends naturally too
                 if b == 0:  # budget 0 asks the model nothing (see the budget-0 test below)
                     continue
-                edge = ctl.think([prompt], [str(q)], budget=b)[0]
+                edge = think(ctl, [prompt], [str(q)], budget=b)[0]
                 assert (edge.ids, edge.ended, edge.stop) == (th.ids, "natural", th.stop)
-                short = ctl.think([prompt], [str(q)], budget=b - 1)[0]
+                short = think(ctl, [prompt], [str(q)], budget=b - 1)[0]
                 assert (short.ids, short.ended) == (th.ids[:-1], "budget")
                 found += 1
             assert found >= 10
@@ -388,8 +389,8 @@ def test_a_delimiter_on_the_budgets_last_token_is_a_natural_end():
 
 def test_plain_format_skips_the_answer_phase_when_the_model_answered(fake, prompts, items):
     ctl = BudgetController(fake, get_format("plain"), ThinkingParams(budget=48, answer_max_tokens=8))
-    th = ctl.think(prompts, ids_of(items))
-    ans = ctl.answer(prompts, th, ids_of(items))
+    th = think(ctl, prompts, ids_of(items))
+    ans = answer(ctl, prompts, th, ids_of(items))
     assert {t.ended for t in th} == {"natural", "budget"}
     for t, a in zip(th, ans):
         if t.ended == "natural":
@@ -400,7 +401,7 @@ def test_plain_format_skips_the_answer_phase_when_the_model_answered(fake, promp
 
 def test_min_thinking_replaces_early_ends_without_counting_rounds(fake, prompts, items):
     ctl = BudgetController(fake, get_format("m1"), ThinkingParams(budget=96, min_thinking=40))
-    for th in ctl.think(prompts, ids_of(items)):
+    for th in think(ctl, prompts, ids_of(items)):
         assert len(th.ids) >= 40 or th.ended == "budget"
         assert th.short_at == th.forced_at and all(p < 40 for p in th.short_at)
         assert th.ended == "budget" or len(th.ids) >= 40
@@ -410,7 +411,7 @@ def test_a_thinking_the_engines_context_cuts_ends_short_and_does_not_loop(prompt
     eng = FakeEngine(capacity=1, n_ctx=len(prompts[0]) + 40, script=Script(end_every=10**9))  # never ends
     try:
         ctl = BudgetController(eng, get_format("m1"), ThinkingParams(budget=100))
-        th = ctl.think(prompts[:1], ids_of(items)[:1])[0]
+        th = think(ctl, prompts[:1], ids_of(items)[:1])[0]
     finally:
         eng.close()
     room = 40 - len(ctl.think_start_ids)
@@ -422,10 +423,10 @@ def test_each_budgets_answer_is_sent_while_the_thinking_goes_on(prompts, items):
     events = []
     submit = eng.submit
 
-    async def watch(req):
+    async def watch(req, on_tokens=None):
         kind = "answer" if req.priority == -1 else "think"
         events.append(("send", kind, req.priority))
-        res = await submit(req)
+        res = await submit(req, on_tokens)
         events.append(("done", kind, req.priority))
         return res
 
@@ -462,7 +463,7 @@ def test_budget_0_in_a_cut_sweep_where_the_model_ends_at_once():
 
 def test_a_thinking_the_budget_ended_has_no_stop(fake, prompts, items):
     ctl = BudgetController(fake, get_format("m1"), ThinkingParams(budget=7, forcing_rounds=1))
-    cut = [th for th in ctl.think(prompts, ids_of(items)) if th.ended == "budget"]
+    cut = [th for th in think(ctl, prompts, ids_of(items)) if th.ended == "budget"]
     assert cut and all(th.stop is None for th in cut)
 
 
@@ -562,3 +563,47 @@ def test_online_adaptive_stops_where_the_offline_replay_does(tmp_path, no_report
         reasons.add(t.stopped_by)
     assert policy.reason in reasons, reasons  # the policy stopped some question early
 
+
+
+class _Queries:
+    """An injector answering the model's own search queries (Injector.query_tags)."""
+
+    points: tuple[int, ...] = ()
+    counted = False
+    query_tags = ("[search]", "[/search]")
+
+    async def text_at(self, index, thinking_text, before=()):
+        from m1.knowledge.supply import written_query
+
+        return f" <<passage {index}>> ", written_query(thinking_text, *self.query_tags), []
+
+
+def test_search_queries_the_model_writes_are_answered_in_place_and_sweeps_stay_exact(items):
+    """The fake model writes "[search] fever cause[/search]" now and then (one of its ends): the
+    passages go in right after each closing tag, the tag and query are thinking (counted), a
+    budget that cuts a tag leaves no insertion, and a cut sweep equals independent runs at every
+    budget, tags cut by a smaller budget included."""
+    query = "[search] fever cause[/search]"
+    eng = FakeEngine(capacity=4, script=Script(end_every=9, ends=("<|im_start|>", query)))
+    try:
+        ctl = BudgetController(eng, get_format("m1"), ThinkingParams(budget=160, forcing_rounds=3,
+                                                                     answer_max_tokens=4))
+        prompts = [eng.encode_prompt(build_prompt(eng, it, EvalConfig(format="m1"))) for it in items]
+        tag_len = len(eng.tokenize("[/search]"))
+        budgets = sorted({0, 7, 30, 60, 100, 160} | {b for b in range(1, 160, 13)})
+        cut = sweep(ctl, prompts, ids_of(items), budgets, "cut", injector=_Queries())
+        ind = sweep(ctl, prompts, ids_of(items), budgets, "independent", injector=_Queries())
+        seen = 0
+        for b in budgets:
+            for tc, ti in zip(cut[b][0], ind[b][0]):
+                assert tc.ids == ti.ids and tc.context_ids() == ti.context_ids() and tc.used <= b
+                for ins in tc.insertions:
+                    assert eng.detokenize(tc.ids[:ins.at]).endswith("[/search]") and ins.query == "fever cause"
+                    assert ins.at < b  # never at the budget's edge: the budget was spent there
+                seen += len(tc.insertions)
+                text = eng.detokenize(tc.ids)
+                if text.endswith(eng.detokenize(eng.tokenize("[/search]")[:tag_len - 1])) and tc.ended == "budget":
+                    assert not tc.insertions or tc.insertions[-1].at < len(tc.ids)  # a cut tag: nothing after it
+        assert seen > 10
+    finally:
+        eng.close()

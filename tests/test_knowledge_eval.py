@@ -117,6 +117,44 @@ def test_passages_in_the_thinking_keep_budgets_exact_and_cut_equal_to_independen
     assert seen_inside, "min_thinking 24 > the points: passages must have gone in"
 
 
+def test_model_written_queries_through_m1_eval(tmp_path, engine):
+    """`--knowledge-at search`: retrieval wherever the model closes a query. Tags SmolLM2 writes
+    (" the" ... "."; in the plain format it writes prose): each closing tag gets passages right
+    after it, the trace records the query and the place, and a cut sweep equals independent runs.
+    (What a query is, tags off, is tested on the fake engine, whose script writes real ones.)"""
+    kw = dict(knowledge="retrieve", knowledge_corpus=str(CORPUS), knowledge_k=1, knowledge_where="thinking",
+              knowledge_at="search", knowledge_search_tags=(" the", "."), budgets=(0, 8, 16, 32), format="plain",
+              min_thinking=0)
+    cut = run(tmp_path, engine, "search-cut", **kw)
+    ind = run(tmp_path, engine, "search-ind", method="independent", **kw)
+    queries = 0
+    for b in (0, 8, 16, 32):
+        c, i = by_id(cut, b), by_id(ind, b)
+        assert set(c) == set(i) and c
+        for qid in c:
+            tc = c[qid]
+            assert (tc.thinking, tc.answer, tc.insertions) == (i[qid].thinking, i[qid].answer, i[qid].insertions)
+            assert tc.thinking_tokens <= b
+            for x in tc.insertions:
+                assert tc.thinking[:x["char_at"]].endswith(".") and x["at"] < b and x["query"]
+            queries += len(tc.insertions)
+    assert queries, "SmolLM2 writes full stops: some queries must have been answered"
+    other = EvalConfig(**{**BASE, **kw, "knowledge_search_tags": ("<search>", "</search>")})
+    assert other.fingerprint() != EvalConfig(**{**BASE, **kw}).fingerprint()
+    with pytest.raises(M1Error, match="--knowledge-at search"):
+        EvalConfig(**{**BASE, "knowledge": "gold", "knowledge_where": "thinking", "knowledge_at": "search"})
+
+
+def test_written_query_is_the_text_between_the_tags():
+    from m1.knowledge.supply import written_query
+
+    tags = ("<|begin_search_query|>", "<|end_search_query|>")
+    text = "I need facts. <|begin_search_query|>old query<|end_search_query|> [passages] Hmm. " \
+           "<|begin_search_query|> verapamil AV node <|end_search_query|>"
+    assert written_query(text, *tags) == "verapamil AV node"
+    assert written_query("no opening tag<|end_search_query|>", *tags) == ""
+
+
 def test_knowledge_is_part_of_the_runs_identity(tmp_path, engine):
     a = EvalConfig(**{**BASE, "knowledge": "gold"})
     b = EvalConfig(**{**BASE, "knowledge": "placebo"})

@@ -126,3 +126,41 @@ def test_static_text_goes_in_once_and_the_injector_sees_the_thinking_so_far(engi
     assert [c[0] for c in inj.calls] == [0, 1, 2]
     # the injector sees the thinking up to where its text goes
     assert inj.calls[1][1] == engine.detokenize(th.ids[:th.insertions[1].at])
+
+
+class QueryInjector(FixedInjector):
+    """Answers the model's own queries (Search-o1's way): called wherever it writes the closing tag."""
+
+    def __init__(self, tags, counted=False):
+        super().__init__((), counted)
+        self.query_tags = tags
+
+    async def text_at(self, index, thinking_text, before=()):
+        from m1.knowledge.supply import written_query
+
+        assert thinking_text.endswith(self.query_tags[1]) or self.query_tags[1] in thinking_text[-40:]
+        self.calls.append((index, thinking_text))
+        query = written_query(thinking_text, *self.query_tags)
+        return TEXT, query, [{"id": f"p{index}", "source": "test", "title": "", "text": TEXT, "score": 1.0}]
+
+
+def test_model_written_queries_keep_budgets_exact_and_cut_equal_to_independent(engine, prompts, medqa_items):
+    """On the real model, with a closing tag it writes often (a full stop): passages go in right
+    after each, the tag stays thinking, and every budget of a cut sweep equals its own run,
+    including budgets that cut a tag's ids (a larger budget completes it before retrieving)."""
+    tags = (" the", ".")
+    budgets = [0, 5, 9, 17, 24, 40]
+    ctl = ctl_for(engine, 40, rounds=1, min_thinking=36)
+    found = 0
+    for prompt, item in zip(prompts[:3], medqa_items[:3]):
+        cut = one_question(ctl, prompt, item.id, budgets, "cut", QueryInjector(tags))
+        ind = one_question(ctl, prompt, item.id, budgets, "independent", QueryInjector(tags))
+        for b in budgets:
+            (tc, ac), (ti, ai) = cut[b], ind[b]
+            assert tc.ids == ti.ids and tc.context_ids() == ti.context_ids(), (item.id, b)
+            assert [(i.at, i.query) for i in tc.insertions] == [(i.at, i.query) for i in ti.insertions]
+            assert ac.text == ai.text and tc.used <= b
+            for ins in tc.insertions:  # right after a full stop the model wrote
+                assert engine.detokenize(tc.ids[:ins.at]).endswith(".") and 0 < ins.at < b
+        found += len(cut[40][0].insertions)
+    assert found >= 2  # the model wrote full stops: the queries were answered

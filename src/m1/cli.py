@@ -83,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="retrieval corpus: MedRAG chunk JSONL {id, title, content} (default: m1's shipped corpus)")
     e.add_argument("--retriever", dest="knowledge_retriever", help="bm25 (default) | dense | hybrid")
     e.add_argument("--knowledge-at", help="insertion points in the thinking: fractions of the largest budget or "
-                                          f"token counts (default {d.knowledge_at})")
+                                          f"token counts (default {d.knowledge_at}), or `search`: where the model "
+                                          "writes a query between knowledge_search_tags (Search-o1's by default)")
     e.add_argument("--knowledge-counted", action="store_const", const=True,
                    help="inserted tokens count against the thinking budget")
     e.add_argument("--min-thinking", type=int,
@@ -106,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     from m1.curation import cli as data_cli
     from m1.knowledge import cli as knowledge_cli
     from m1.reporting import cli_report
+    from m1.serve import cli as serve_cli
     from m1.training import cli as train_cli
 
     data_cli.add_parser(sub)
@@ -115,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_parser(sub)
     models.add_parser(sub)
     knowledge_cli.add_parser(sub)
+    serve_cli.add_parser(sub)
     return p
 
 

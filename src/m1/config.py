@@ -124,12 +124,18 @@ def _adaptive_spec(spec: str, budgets: tuple[int, ...], method: str) -> str:
 
 
 KNOWLEDGE_FIELDS = ("knowledge", "knowledge_where", "knowledge_k", "knowledge_corpus", "knowledge_retriever",
-                    "knowledge_at", "knowledge_counted")
+                    "knowledge_at", "knowledge_counted", "knowledge_search_tags")
+# `--knowledge-at search`: retrieve where the model writes a query between these (Search-o1's delimiters)
+SEARCH = "search"
+SEARCH_TAGS = ("<|begin_search_query|>", "<|end_search_query|>")
 
 
 def insertion_points(spec: str, largest_budget: int) -> tuple[int, ...]:
     """`--knowledge-at` as thinking-token positions: "1/3,2/3" (fractions of the largest budget,
-    rounded) or "64,128" (token counts). Points at or past the largest budget never happen."""
+    rounded) or "64,128" (token counts). Points at or past the largest budget never happen.
+    "search": no fixed point (the model's own search queries decide, EvalConfig.knowledge_search_tags)."""
+    if str(spec).strip() == SEARCH:
+        return ()
     points: set[int] = set()
     for part in str(spec).split(","):
         part = part.strip()
@@ -148,8 +154,8 @@ def insertion_points(spec: str, largest_budget: int) -> tuple[int, ...]:
                     raise ValueError
                 points.add(value)
         except (ValueError, ZeroDivisionError):
-            raise M1Error(f"--knowledge-at: {part!r} is neither a fraction of the budget in (0, 1) such as 1/3 "
-                          "nor a positive token count such as 128") from None
+            raise M1Error(f"--knowledge-at: {part!r} is neither a fraction of the budget in (0, 1) such as 1/3, "
+                          "a positive token count such as 128, nor `search`") from None
     if not points:
         raise M1Error("--knowledge-at: no insertion point given; use e.g. 1/3,2/3 or 64,128")
     return tuple(sorted(points))
@@ -217,6 +223,9 @@ class EvalConfig:
     knowledge_retriever: Literal["bm25", "dense", "hybrid"] = "bm25"
     knowledge_at: str = "1/3,2/3"
     knowledge_counted: bool = False
+    # `knowledge_at: search`: the model writes a query between these two strings (Search-o1's by default;
+    # Search-R1-style models: ["<search>", "</search>"]) and the passages go in right after it.
+    knowledge_search_tags: tuple[str, str] = SEARCH_TAGS
     # An end of thinking before this many tokens is replaced by the ignore string (not counted as a
     # forcing round): the pilot saw any passage in the prompt stop the thinking at once.
     min_thinking: NonNegative = 0
@@ -245,10 +254,20 @@ class EvalConfig:
             object.__setattr__(self, "adaptive", _adaptive_spec(self.adaptive, self.budgets, self.method))
         if self.knowledge != "none":
             insertion_points(self.knowledge_at, max(self.budgets))
+            if self.searches and (self.knowledge != "retrieve" or self.knowledge_where != "thinking"):
+                raise M1Error("--knowledge-at search retrieves where the model writes a query: it needs "
+                              "--knowledge retrieve --knowledge-where thinking")
+            if self.searches and not all(self.knowledge_search_tags):
+                raise M1Error("knowledge_search_tags: both the opening and the closing string must be non-empty")
             if self.knowledge_where == "thinking" and self.adaptive:
                 raise M1Error("--adaptive does not combine with --knowledge-where thinking; "
                               "put the knowledge in the prompt")
         return self
+
+    @property
+    def searches(self) -> bool:
+        """Retrieval where the model writes a search query (`--knowledge-at search`)."""
+        return self.knowledge != "none" and str(self.knowledge_at).strip() == SEARCH
 
     def insertion_points(self) -> tuple[int, ...]:
         """Where thinking insertions go, in counted thinking tokens (empty unless into the thinking)."""
@@ -270,6 +289,7 @@ class EvalConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["budgets"] = list(self.budgets)
+        d["knowledge_search_tags"] = list(self.knowledge_search_tags)
         return d
 
     @classmethod
@@ -288,6 +308,8 @@ class EvalConfig:
         if d.get("knowledge", "none") == "none":  # no knowledge: hashed as before knowledge existed
             for k in KNOWLEDGE_FIELDS:
                 d.pop(k, None)
+        elif str(d.get("knowledge_at", "")).strip() != SEARCH:  # hashed as before search queries existed
+            d.pop("knowledge_search_tags", None)
         if not d.get("min_thinking"):
             d.pop("min_thinking", None)
         d["engine_options"] = {k: v for k, v in (d.get("engine_options") or {}).items()
@@ -302,6 +324,7 @@ class EvalConfig:
         defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[operator]
                     for f in fields(cls)}
         defaults["budgets"] = list(defaults["budgets"])
+        defaults["knowledge_search_tags"] = list(defaults["knowledge_search_tags"])
         varying = set(varying)
         ident = {k: v for k, v in cls.identity({**defaults, **config}).items() if k not in varying}
         return json.dumps(ident, sort_keys=True, default=str)

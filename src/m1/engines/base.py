@@ -12,6 +12,11 @@ where the engine keeps the prefixes of requests that are not running (a server's
 cache), so that more requests wait than run and the engine picks among them by
 `GenRequest.priority`. `generate(list)` is the same thing for code that wants a plain
 batch call.
+
+Streaming: `submit(request, on_tokens)` also hands the generated ids to `on_tokens`, in order,
+on the event loop, as the engine produces them (per decode step in process; at the end where
+an engine only has whole results). Their concatenation is `result.token_ids`. Cancelling the
+`submit` (a client gone) drops the request from the engine at its next step: its slot is free.
 """
 from __future__ import annotations
 
@@ -25,6 +30,8 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Coroutine, Literal, Protocol, Sequence, TypeVar, runtime_checkable
 
 FinishReason = Literal["stop", "length"]
+# Called with each run of newly generated ids (engines/base.py module doc); must not raise.
+TokenSink = Callable[[list[int]], None]
 
 
 @dataclass(frozen=True)
@@ -84,8 +91,9 @@ class Engine(Protocol):
     capacity: int  # requests worth keeping in flight to fill the engine
     meter: LoadMeter
 
-    async def submit(self, request: GenRequest) -> GenResult:
-        """Generate for one request; returns when it is done, whatever else is in flight."""
+    async def submit(self, request: GenRequest, on_tokens: TokenSink | None = None) -> GenResult:
+        """Generate for one request; returns when it is done, whatever else is in flight.
+        `on_tokens` gets the generated ids as they come (module doc)."""
         ...
 
     def generate(self, requests: Sequence[GenRequest]) -> list[GenResult]:
@@ -327,10 +335,31 @@ def load_between(a: Reading, b: Reading, capacity: int) -> dict:
             "context_tokens": b.context - a.context, "requests": b.requests - a.requests}
 
 
-def _queued(queue: list, request: GenRequest) -> asyncio.Future:
-    """Append (request, future) to an engine's queue; the future gets its result."""
+@dataclass
+class _Waiter:
+    """A submitted request's caller: the future that gets its result, and its token sink with
+    how many ids it has been given."""
+
+    request: GenRequest
+    fut: asyncio.Future
+    sink: TokenSink | None = None
+    sent: int = 0
+
+    def tokens(self, ids: Sequence[int]) -> None:
+        if self.sink is not None and ids and not self.fut.done():
+            self.sent += len(ids)
+            self.sink(list(ids))
+
+    def finish(self, result: GenResult) -> None:
+        if not self.fut.done():
+            self.tokens(result.token_ids[self.sent:])
+            self.fut.set_result(result)
+
+
+def _queued(queue: list, request: GenRequest, sink: TokenSink | None) -> asyncio.Future:
+    """Append a _Waiter to an engine's queue; its future gets the result."""
     fut: asyncio.Future = asyncio.get_running_loop().create_future()
-    queue.append((request, fut))
+    queue.append(_Waiter(request, fut, sink))
     return fut
 
 
@@ -355,16 +384,16 @@ class _QueuedEngine(StreamingGenerate):
     def _start_queue(self, capacity: int) -> None:
         self.capacity = capacity
         self.meter = LoadMeter(capacity)
-        self._queue: list[tuple[GenRequest, asyncio.Future]] = []
+        self._queue: list[_Waiter] = []
         self._task: asyncio.Task | None = None
         self._worker = ThreadPoolExecutor(1, thread_name_prefix=f"m1-{self.name}")
 
     def check_request(self, request: GenRequest) -> None:
         """Raise M1Error for a request the engine can never serve (in the caller's context)."""
 
-    async def submit(self, request: GenRequest) -> GenResult:
+    async def submit(self, request: GenRequest, on_tokens: TokenSink | None = None) -> GenResult:
         self.check_request(request)
-        fut = _queued(self._queue, request)
+        fut = _queued(self._queue, request, on_tokens)
         self._task = _running(self._task, self._work)
         return await fut
 
@@ -395,36 +424,56 @@ class SteppedEngine(_QueuedEngine):
         """Drop every request in progress (their caller is gone)."""
         raise NotImplementedError
 
+    def _drop(self, gone: set[Token]) -> None:
+        """Drop these requests, waiting or running: their callers cancelled (a client went away)."""
+
+    def _progress(self, sent: dict[Token, int]) -> dict[Token, list[int]]:
+        """The ids each running request in `sent` generated past the first `sent[token]` (for
+        streaming; an engine that returns {} streams each result whole, at its end)."""
+        return {}
+
+    def _cycle(self, new, gone, sent):
+        if gone:
+            self._drop(gone)
+        done = self._advance(new)
+        return done, (self._progress(sent) if sent else {})
+
     async def _work(self) -> None:
         loop = asyncio.get_running_loop()
         # A driver of an earlier event loop may have been cut off mid-run (an exception, a
         # Ctrl-C): its sequences have nobody waiting. The worker runs one thing at a time,
         # so this also waits for a step still running from then.
         await loop.run_in_executor(self._worker, self._abandon)
-        waiting: dict[int, asyncio.Future] = {}
+        waiting: dict[int, _Waiter] = {}
         try:
             while self._queue or waiting:
                 new, self._queue = self._queue, []
-                for _, fut in new:
-                    waiting[id(fut)] = fut
-                batch: list[tuple[GenRequest, Token]] = [(r, id(f)) for r, f in new]
-                done = await loop.run_in_executor(self._worker, self._advance, batch)
+                new = [w for w in new if not w.fut.cancelled()]
+                for w in new:
+                    waiting[id(w.fut)] = w
+                gone = {k for k, w in waiting.items() if w.fut.cancelled()}
+                for k in gone:
+                    del waiting[k]
+                sent = {k: w.sent for k, w in waiting.items() if w.sink is not None}
+                batch: list[tuple[GenRequest, Token]] = [(w.request, id(w.fut)) for w in new]
+                done, progress = await loop.run_in_executor(self._worker, self._cycle, batch, gone, sent)
+                for key, ids in progress.items():
+                    if key in waiting:
+                        waiting[key].tokens(ids)
                 for key, result in done:
-                    fut = waiting.pop(key)  # type: ignore[call-overload]
-                    if not fut.done():
-                        fut.set_result(result)
+                    waiting.pop(key).finish(result)
                 # Let the pipelines that were waiting on these results submit their next
                 # requests before the next step (a few hops: task -> gather -> parent).
                 for _ in range(4):
                     await asyncio.sleep(0)
         except BaseException as e:
-            for fut in list(waiting.values()) + [f for _, f in self._queue]:
-                if fut.done():
+            for w in list(waiting.values()) + self._queue:
+                if w.fut.done():
                     continue
                 if isinstance(e, Exception):
-                    fut.set_exception(e)
+                    w.fut.set_exception(e)
                 else:
-                    fut.cancel()
+                    w.fut.cancel()
             self._queue = []
             self._worker.submit(self._abandon)
             raise
@@ -433,7 +482,8 @@ class SteppedEngine(_QueuedEngine):
 class BatchedSubmit(_QueuedEngine):
     """`submit` for engines that only generate whole batches (hf): the requests that arrive
     while a batch runs form the next one, up to `capacity`. Each batch waits for its
-    slowest member, which is why the stepped engines exist; fine for small models."""
+    slowest member, which is why the stepped engines exist; fine for small models. A request
+    whose caller is gone still runs with its batch (hf's generate cannot drop one)."""
 
     name = "batched"
 
@@ -445,18 +495,20 @@ class BatchedSubmit(_QueuedEngine):
         while self._queue:
             for _ in range(4):  # let the requests submitted together join this batch
                 await asyncio.sleep(0)
-            batch, self._queue = self._queue[: self.capacity], self._queue[self.capacity:]
+            queue = [w for w in self._queue if not w.fut.cancelled()]
+            batch, self._queue = queue[: self.capacity], queue[self.capacity:]
+            if not batch:
+                continue
             self.meter.set(len(batch))
             try:
-                results = await loop.run_in_executor(self._worker, self.generate, [r for r, _ in batch])
+                results = await loop.run_in_executor(self._worker, self.generate, [w.request for w in batch])
             except Exception as e:
-                for _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(e)
+                for w in batch:
+                    if not w.fut.done():
+                        w.fut.set_exception(e)
                 continue
             finally:
                 self.meter.set(0)
             self.meter.count(generated=sum(len(r.token_ids) for r in results), requests=len(batch))
-            for (_, fut), res in zip(batch, results):
-                if not fut.done():
-                    fut.set_result(res)
+            for w, res in zip(batch, results):
+                w.finish(res)  # a whole batch at a time: its ids reach a sink at the end

@@ -293,5 +293,15 @@ class FakeEngine(SteppedEngine):
         self._waiting.clear()
         self.meter.set(0)
 
+    def _drop(self, gone) -> None:
+        self._running = [seq for seq in self._running if seq.token not in gone]
+        self._waiting = [w for w in self._waiting if w[2] not in gone]
+        heapq.heapify(self._waiting)
+        self.meter.set(len(self._running))
+
+    def _progress(self, sent):
+        return {seq.token: seq.generated[sent[seq.token]:] for seq in self._running
+                if seq.token in sent and len(seq.generated) > sent[seq.token]}
+
     def close(self) -> None:
         self._close_worker()

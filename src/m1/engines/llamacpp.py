@@ -281,6 +281,18 @@ class LlamaCppEngine(SteppedEngine, GGUFTokenizer):
         self._active.clear()
         self.meter.set(0)
 
+    def _drop(self, gone) -> None:
+        # The slot's cache keeps what was evaluated (_slot_tokens says what): a later request
+        # sharing that prefix still reuses it.
+        self._pending = [q for q in self._pending if q.token not in gone]
+        for slot in [s for s, st in self._active.items() if st.token in gone]:
+            del self._active[slot]
+        self.meter.set(len(self._active))
+
+    def _progress(self, sent):
+        return {st.token: st.generated[sent[st.token]:] for st in self._active.values()
+                if st.token in sent and len(st.generated) > sent[st.token]}
+
     def _admit(self) -> None:
         """Fill free slots: the (slot, request) pair sharing the longest cached prefix first,
         then the request of lowest priority (GenRequest.priority), then the oldest."""

@@ -50,6 +50,7 @@ from m1.engines.base import (
     LoadMeter,
     PriorityGate,
     StreamingGenerate,
+    TokenSink,
 )
 from m1.engines.tokenizers import load_tokenizer
 from m1.errors import M1Error
@@ -241,7 +242,9 @@ class OpenAIEngine(StreamingGenerate):
         self._local = None
 
     # -- generation -------------------------------------------------------------------
-    async def submit(self, request: GenRequest) -> GenResult:
+    async def submit(self, request: GenRequest, on_tokens: TokenSink | None = None) -> GenResult:
+        # The ids reach `on_tokens` whole, at the end: the server's own stream is not read yet.
+        # Cancelling closes the connection, and the server drops the request.
         loop = asyncio.get_running_loop()
         if self._gate is None or self._gate.loop is not loop:
             self._gate = PriorityGate(self.capacity)
@@ -252,6 +255,8 @@ class OpenAIEngine(StreamingGenerate):
         finally:
             gate.leave()
         self.meter.count(generated=len(res.token_ids), requests=1)
+        if on_tokens is not None and res.token_ids:
+            on_tokens(list(res.token_ids))
         return res
 
     async def _routed(self, req: GenRequest) -> GenResult:

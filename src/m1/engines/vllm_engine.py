@@ -89,6 +89,7 @@ class VLLMEngine(SteppedEngine):
             pass
         self.tok = HFTokenizer(self._llm.get_tokenizer(), model, extra_eos)
         self._running: dict[str, tuple[object, GenRequest]] = {}  # vLLM request id -> (token, request)
+        self._partial: dict[str, list[int]] = {}  # running request id -> ids generated so far
         # Requests past max_num_seqs wait here, not in vLLM's first-come queue, so that the
         # lowest GenRequest.priority starts first; with prefix caching a paused question
         # costs nothing, so more questions are kept started than run (base.open_questions).
@@ -140,8 +141,12 @@ class VLLMEngine(SteppedEngine):
         if not self._running:
             return finished
         for out in engine.step():
-            if not out.finished or out.request_id not in self._running:
+            if out.request_id not in self._running:
                 continue
+            if not out.finished:
+                self._partial[out.request_id] = out.outputs[0].token_ids  # cumulative (for streaming)
+                continue
+            self._partial.pop(out.request_id, None)
             token, req = self._running.pop(out.request_id)
             letters = tuple(req.option_letters)
             if letters and letters not in self._letter_ids:
@@ -157,7 +162,26 @@ class VLLMEngine(SteppedEngine):
             self._llm.llm_engine.abort_request(list(self._running))
         self._running.clear()
         self._waiting.clear()
+        self._partial.clear()
         self.meter.set(0)
+
+    def _drop(self, gone) -> None:
+        rids = [rid for rid, (token, _) in self._running.items() if token in gone]
+        if rids and self._llm is not None:
+            self._llm.llm_engine.abort_request(rids)  # frees its KV blocks at once
+        for rid in rids:
+            del self._running[rid]
+            self._partial.pop(rid, None)
+        self._waiting = [w for w in self._waiting if w[2] not in gone]
+        heapq.heapify(self._waiting)
+
+    def _progress(self, sent):
+        out = {}
+        for rid, (token, _) in self._running.items():
+            ids = self._partial.get(rid)
+            if token in sent and ids is not None and len(ids) > sent[token]:
+                out[token] = list(ids[sent[token]:])
+        return out
 
     def close(self) -> None:
         self._close_worker()

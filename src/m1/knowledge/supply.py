@@ -24,6 +24,7 @@ from m1.knowledge.screen import Screen
 PROMPT_HEAD = "Here is some medical knowledge that may help:"
 THINKING_OPEN, THINKING_CLOSE = "\n\n[Knowledge]\n", "\n[End of knowledge]\n\n"
 SCREEN_MARGIN = 2  # retrieve k * this many, so passages the screen removes leave k behind
+MAX_SEARCHES = 5  # a question's model-written queries answered at most (Search-o1 allows a handful)
 
 
 class Stopwatch:
@@ -42,6 +43,14 @@ class Stopwatch:
         finally:
             with self._lock:
                 self.seconds += time.perf_counter() - start
+
+
+def written_query(thinking: str, open_tag: str, close_tag: str) -> str:
+    """The query the model just wrote: the text between the last `open_tag` and the `close_tag`
+    that ends the thinking ("" when it wrote no opening tag)."""
+    body = thinking[: thinking.rfind(close_tag)] if close_tag in thinking else thinking
+    start = body.rfind(open_tag)
+    return body[start + len(open_tag):].strip() if start >= 0 else ""
 
 
 def render(passages: Sequence[Passage]) -> str:
@@ -75,6 +84,9 @@ class QuestionKnowledge:
     prompt_passages: list[Passage] = field(default_factory=list)
     watch: Stopwatch = field(default_factory=Stopwatch)
     screen: Screen | None = None  # decontamination against every test question of the run
+    # `--knowledge-at search`: (open, close) strings around the model's own queries; the controller
+    # stops a round at `close` and asks text_at for the passages (thinking/budget.py, Injector)
+    query_tags: tuple[str, str] | None = None
 
     def prompt_text(self) -> str | None:
         """The block before the question (None: nothing goes in the prompt)."""
@@ -96,7 +108,12 @@ class QuestionKnowledge:
             return None
         from m1.knowledge.retrieval import query_in_thinking
 
-        query = query_in_thinking(self.item, thinking_text)
+        if self.query_tags is not None:
+            if index >= MAX_SEARCHES:
+                return None
+            query = written_query(thinking_text, *self.query_tags) or query_in_thinking(self.item, thinking_text)
+        else:
+            query = query_in_thinking(self.item, thinking_text)
         # bm25s and the embedder are CPU work: off the event loop, so the engine's other
         # questions keep being submitted while this one retrieves.
         given = {p["id"] for ins in before for p in ins.passages}
@@ -181,7 +198,8 @@ class Supply:
             item=item, condition=self.cfg.knowledge, where=self.cfg.knowledge_where, points=self.cfg.insertion_points(),
             counted=self.cfg.knowledge_counted, static=list(self._static.get(item.id, [])),
             retriever=self.retriever if self.cfg.knowledge == "retrieve" else None, k=self.cfg.knowledge_k,
-            supports=supports, watch=self.watch, screen=self.screen)
+            supports=supports, watch=self.watch, screen=self.screen,
+            query_tags=tuple(self.cfg.knowledge_search_tags) if self.cfg.searches else None)  # type: ignore[arg-type]
 
 
 def make_supply(cfg: EvalConfig, items: Sequence[Item]) -> Supply | None:

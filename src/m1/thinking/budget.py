@@ -38,6 +38,7 @@ from m1.engines.base import Engine, GenRequest, GenResult, common_prefix, run_sy
 from m1.errors import M1Error
 from m1.thinking.formats import ReasoningFormat
 from m1.thinking.policies import BUDGET, NATURAL_END, Episode, Policy
+from m1.thinking.stream import Listener, Round, holdback
 
 if TYPE_CHECKING:
     from m1.config import EvalConfig
@@ -113,6 +114,11 @@ class Thinking:
     # The model ended on the budget's last id and forcing would have gone on, but the ignore
     # string did not fit: a larger budget (think_one's resume) puts it in before anything else.
     ended_at_edge: bool = False
+    # The rest of a search query's closing tag the budget cut (Injector.query_tags): a larger
+    # budget (resume) takes these ids first, then retrieves. `search_due`: the tag ended on the
+    # budget's last id, so its passages are the first thing a larger budget puts in.
+    overflow: list[int] = field(default_factory=list)
+    search_due: bool = False
 
     @property
     def rounds(self) -> int:
@@ -168,7 +174,9 @@ class Injector(Protocol):
     """Puts text into one question's thinking at `points` (positions in budget spent): what
     `text_at` returns for the i-th point, given the thinking so far and the insertions made in
     it (None: nothing there). It must depend on nothing else: independent runs of one question
-    at several budgets share it."""
+    at several budgets share it. An injector with `query_tags` (open, close) is also called
+    wherever the model writes `close` (a search query, Search-o1's way): the query and its tags
+    are thinking the model wrote, and the text goes in right after them."""
 
     points: tuple[int, ...]
     counted: bool
@@ -214,6 +222,7 @@ class BudgetController:
         self.answer_stop_ids = tuple(dict.fromkeys(end_ids + list(engine.eos_token_ids)))
         self.answer_stop_strs = tuple(end_strs)
         self.delimiter_len = max([len(tok(fmt.think_end))] if fmt.think_end else [1])
+        self.think_hold, self.answer_hold = holdback(self.think_stop_strs), holdback(self.answer_stop_strs)
         self._prefix_cache: dict[str, list[int]] = {}
 
     def _stops(self, text: str | None) -> tuple[list[int], list[str]]:
@@ -228,7 +237,7 @@ class BudgetController:
 
     async def think_one(self, prompt: Sequence[int], key: str, budget: int | None = None,
                         log: ContextLog | None = None, resume: Thinking | None = None,
-                        injector: Injector | None = None) -> Thinking:
+                        injector: Injector | None = None, listener: Listener | None = None) -> Thinking:
         """One question's thinking under `budget` (default: params.budget), forcing as configured.
 
         `resume`: thinking cut by a smaller budget, continued from where it stopped. Under
@@ -236,21 +245,41 @@ class BudgetController:
         to `budget` in one go, since every request sees the same context up to each token.
         `injector`: text put into the thinking at its points; a round stops at each point, and
         the text goes in at the start of the next round, so every budget of a sweep inserts at
-        the same places (a point the budget reaches first is never inserted)."""
+        the same places (a point the budget reaches first is never inserted).
+        `listener`: gets the thinking's ids as they are decided (thinking/stream.py)."""
         budget = self.params.budget if budget is None else budget
         p = self.params
         s = Thinking(ids=[], ended="budget")
         if resume is not None:
             s = Thinking(ids=list(resume.ids), ended="budget", forced_at=list(resume.forced_at),
                          finish_reasons=list(resume.finish_reasons), generated=resume.generated,
-                         insertions=list(resume.insertions), short_at=list(resume.short_at))
+                         insertions=list(resume.insertions), short_at=list(resume.short_at),
+                         overflow=list(resume.overflow), search_due=resume.search_due)
             if s.finish_reasons[-1:] == ["length"]:
                 s.finish_reasons.pop()  # that round goes on here: one entry per round, as in one request
             self._complete_cut(s, budget)
             if resume.ended_at_edge and s.used < budget:
                 self._force(s, budget)
         points = injector.points if injector is not None else ()
+        tags = getattr(injector, "query_tags", None)
+        close = tags[1] if tags else None
+        stop_strs = self.think_stop_strs + ((close,) if close else ())
+        extra = max(self.delimiter_len, len(self._prefix_ids(close)) if close else 0)  # past the room: see a stop
+        streamed = len(s.ids)  # ids the listener has (a resumed thinking's were sent before)
+
+        def emit(ids: list[int]) -> None:
+            nonlocal streamed
+            if listener is not None and ids:
+                streamed += len(ids)
+                listener.thinking(ids)
         while s.used < budget:
+            emit(s.ids[streamed:])  # forced ignore strings
+            if (s.overflow or s.search_due) and injector is not None:  # a query a smaller budget cut
+                take = s.overflow[:budget - s.used]
+                s.ids += take
+                s.overflow = s.overflow[len(take):]
+                await self._searched(s, injector, budget)
+                continue
             due = [i for i, pt in enumerate(points) if pt <= s.used and i >= len(s.insertions)]
             if due and injector is not None:
                 await self._insert(s, injector, due[0], budget)
@@ -260,17 +289,25 @@ class BudgetController:
             room = limit - s.used
             req = GenRequest(
                 prompt_ids=tuple(self.think_prompt(prompt) + s.context_ids()),
-                max_new_tokens=room + self.delimiter_len,
+                max_new_tokens=room + extra,
                 stop_token_ids=self.think_stop_ids,
-                stop_strings=self.think_stop_strs,
+                stop_strings=stop_strs,
                 temperature=p.temperature,
                 top_p=p.top_p,
                 seed=request_seed(p.seed, key, "think", s.rounds, *((len(s.insertions),) if s.insertions else ())),
                 priority=len(s.ids),  # least-advanced first (module doc)
             )
-            res = await self._submit(req, log)
+            res = await self._submit(req, log, Round(emit, room, self.think_hold) if listener else None)
             s.generated += len(res.token_ids)
             s.finish_reasons.append(res.finish_reason)
+            if close is not None and res.finish_reason == "stop" and res.matched_stop == close:
+                # a search query: all of it, the closing tag too, is thinking; what the budget cuts
+                # a larger budget completes (resume); then the passages go in (the loop's top)
+                s.ids += res.token_ids[:room]
+                s.overflow = list(res.token_ids[room:])
+                if injector is not None:
+                    await self._searched(s, injector, budget)
+                continue
             if res.finish_reason == "stop" and res.stop_index <= room:
                 s.ids += res.token_ids[: res.stop_index]
                 s.stop = self.engine.detokenize(res.token_ids[res.stop_index:])
@@ -286,6 +323,7 @@ class BudgetController:
                 s.ids += res.token_ids[:room]
                 if limit == budget or len(res.token_ids) < room:  # the budget, or the context, is spent
                     break
+        emit(s.ids[streamed:])
         if s.ended == "budget":
             s.stop = None  # an earlier round's stop was replaced; this thinking did not stop
         return s
@@ -307,6 +345,13 @@ class BudgetController:
             kept = min(len(last.ids), last.kept + budget - s.used)
             s.insertions[-1] = replace(last, kept=-1 if kept == len(last.ids) else kept)
 
+    async def _searched(self, s: Thinking, injector: Injector, budget: int) -> None:
+        """After a search query's closing tag: its passages go in now, or, where the budget ended
+        on the tag, first thing in a larger budget (an independent run there inserts them here)."""
+        s.search_due = not s.overflow and s.used >= budget
+        if not s.overflow and not s.search_due:
+            await self._insert(s, injector, len(s.insertions), budget)
+
     async def _insert(self, s: Thinking, injector: Injector, index: int, budget: int) -> None:
         got = await injector.text_at(index, self.engine.detokenize(s.ids), list(s.insertions))
         text, query, passages = got if got is not None else ("", None, [])
@@ -317,14 +362,19 @@ class BudgetController:
             ins = replace(ins, kept=budget - s.used)
         s.insertions.append(ins)  # an empty one too: the point is passed
 
-    async def _submit(self, req: GenRequest, log: ContextLog | None) -> GenResult:
-        res = await self.engine.submit(req)
+    async def _submit(self, req: GenRequest, log: ContextLog | None, stream: Round | None = None) -> GenResult:
+        if stream is None:
+            res = await self.engine.submit(req)
+        else:
+            res = await self.engine.submit(req, stream)
+            # what the controller keeps of it: up to the stop, within the room (Round's)
+            stream.finish(res.token_ids[:min(res.stop_index, stream.room)])
         if log is not None:
             log.add(req, res)
         return res
 
     def answer_request(self, prompt: Sequence[int], thinking: Thinking, key: str,
-                       option_letters: Sequence[str] = ()) -> GenRequest | None:
+                       option_letters: Sequence[str] = (), max_new_tokens: int | None = None) -> GenRequest | None:
         """The answer phase's request after `thinking`; None when the model already answered.
 
         With `option_letters` (the keys of the item's options) the engine is asked for the
@@ -336,7 +386,7 @@ class BudgetController:
         return GenRequest(
             prompt_ids=tuple(self.think_prompt(prompt) + thinking.context_ids()
                              + self._prefix_ids(self.answer_prefix(thinking))),
-            max_new_tokens=p.answer_max_tokens,
+            max_new_tokens=p.answer_max_tokens if max_new_tokens is None else max_new_tokens,
             stop_token_ids=self.answer_stop_ids,
             stop_strings=self.answer_stop_strs,
             temperature=p.temperature,
@@ -354,16 +404,22 @@ class BudgetController:
         return self._prefix_cache[text]
 
     async def answers(self, prompt: Sequence[int], thinkings: Sequence[Thinking], key: str,
-                      log: ContextLog | None = None, option_letters: Sequence[str] = ()) -> list[Answer]:
+                      log: ContextLog | None = None, option_letters: Sequence[str] = (),
+                      listener: Listener | None = None, max_new_tokens: int | None = None) -> list[Answer]:
         """The answer after each of one question's thinkings; identical contexts are generated once.
 
         All are submitted together, longest context first: an engine that schedules them one
         after another in the slot holding the thinking evaluates only each answer's new tokens
         (each capped at answer_max_tokens: a dense sweep costs one thinking pass plus short
-        answer phases over the reused prefix)."""
-        reqs = [self.answer_request(prompt, th, key, option_letters) for th in thinkings]
+        answer phases over the reused prefix). `listener` (one thinking only): gets the answer's
+        ids as they are decided. `max_new_tokens`: instead of params.answer_max_tokens."""
+        reqs = [self.answer_request(prompt, th, key, option_letters, max_new_tokens) for th in thinkings]
         unique = sorted({r.prompt_ids: r for r in reqs if r is not None}.values(), key=lambda r: -len(r.prompt_ids))
-        results = await asyncio.gather(*(self._submit(r, log) for r in unique))
+        if listener is not None and len(thinkings) != 1:
+            raise ValueError("a listener follows one answer: pass one thinking")
+        results = await asyncio.gather(*(self._submit(r, log, Round(listener.answer, r.max_new_tokens,
+                                                                     self.answer_hold) if listener else None)
+                                         for r in unique))
         by_ctx = dict(zip((r.prompt_ids for r in unique), results))
         out = []
         for th, req in zip(thinkings, reqs):
@@ -453,32 +509,12 @@ class BudgetController:
             (answer,) = await self.answers(prompt, [s], key, log, option_letters)
         return s, answer, episode, BUDGET
 
-    # -- batch calls, for code that has a list of prompts ----------------------------------
-    def think(self, prompts: Sequence[Sequence[int]], keys: Sequence[str], budget: int | None = None) -> list[Thinking]:
-        """Think on every prompt under `budget` (default: params.budget), forcing as configured."""
-        async def all_():
-            return list(await asyncio.gather(*(self.think_one(p, k, budget) for p, k in zip(prompts, keys))))
-        return run_sync(all_())
-
     def answer_prefix(self, thinking: Thinking) -> str:
         return self.fmt.answer_start if thinking.ended == "natural" else self.fmt.answer_forced
 
     def needs_answer_phase(self, thinking: Thinking) -> bool:
         # In the plain format a natural end means the model already answered.
         return not (self.fmt.think_end is None and thinking.ended == "natural")
-
-    def answer(self, prompts: Sequence[Sequence[int]], thinkings: Sequence[Thinking],
-               keys: Sequence[str]) -> list[Answer]:
-        """Generate the answer after each thinking."""
-        firsts: dict[tuple, int] = {}  # identical contexts are generated once
-        for i, (p, t) in enumerate(zip(prompts, thinkings)):
-            firsts.setdefault((tuple(p), tuple(t.ids), self.answer_prefix(t)), i)
-        unique = sorted(set(firsts.values()))
-
-        async def all_():
-            return await asyncio.gather(*(self.answers(prompts[i], [thinkings[i]], keys[i]) for i in unique))
-        got = dict(zip(unique, (a for (a,) in run_sync(all_()))))
-        return [got[firsts[(tuple(p), tuple(t.ids), self.answer_prefix(t))]] for p, t in zip(prompts, thinkings)]
 
 
 class ContextLog:
@@ -498,14 +534,16 @@ class ContextLog:
 
 
 def sweep(controller: BudgetController, prompts, keys, budgets: Sequence[int], method: str = "cut",
-          option_letters: Sequence[Sequence[str]] | None = None):
-    """Thinking and answers for every budget, every question in its own pipeline.
+          option_letters: Sequence[Sequence[str]] | None = None, injector: Injector | None = None):
+    """Thinking and answers for every budget, every question in its own pipeline (a list of
+    prompts in, for notebooks and benches; `m1 eval` runs the same pipelines over a run's items).
     Returns {budget: (thinkings, answers)} in the order of `prompts`. `option_letters`: each
-    question's option letters, whose log-probabilities its answers read."""
+    question's option letters, whose log-probabilities its answers read; `injector`: knowledge
+    put into every question's thinking (BudgetController.question)."""
     letters = option_letters if option_letters is not None else [()] * len(prompts)
 
     async def all_():
-        return await asyncio.gather(*(controller.question(p, k, budgets, method, option_letters=o)
+        return await asyncio.gather(*(controller.question(p, k, budgets, method, option_letters=o, injector=injector)
                                       for p, k, o in zip(prompts, keys, letters)))
     per_question = run_sync(all_())
     return {b: ([q[b][0] for q in per_question], [q[b][1] for q in per_question])

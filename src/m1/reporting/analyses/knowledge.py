@@ -792,5 +792,17 @@ def _figure(group: Group):
     title = f"Accuracy by knowledge condition · {group.name}: {describe(group.none.run.config)}"
     # wrapped to the figure's width: a model file's name would run past a one-panel figure's edges
     fig.suptitle(textwrap.fill(title, width=int(fig.get_figwidth() * 13)), fontsize=9)
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    if len(labels) <= 4:
+        fig.tight_layout()
+        return fig
+    # many conditions: one legend under the panels, where it hides no line
+    for ax in axes:
+        if ax.get_legend() is not None:
+            ax.get_legend().remove()
+    ncol = 1 if len(axes) == 1 else 2  # a one-panel figure is too narrow for two columns of labels
+    extra = 0.17 * math.ceil(len(labels) / ncol)  # inches of legend
+    fig.set_figheight(fig.get_figheight() + extra)
+    fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, extra / fig.get_figheight(), 1, 1))
     return fig
