@@ -86,6 +86,12 @@ BENCHES = [
            ["condition", "budget", "n", "accuracy", "ci_low", "ci_high", "mean_thinking_tokens",
             "mean_knowledge_tokens", "collapsed_share"]],
           ("llama_cpp", "bm25s")),
+    # serve.py exits 1 when a reply of m1 serve differs from what m1 eval recorded or overruns its budget
+    Bench("serve.py",
+          [["way", "repeat", "wall s", "tokens/s", "occupancy while work waits", "replies equal to eval"],
+           ["prompt", "prompt chars", "first thinking token via m1 serve s", "engine prompt eval + 1 token s",
+            "ratio"]],
+          ("llama_cpp", "openai", "fastapi")),
     # A new bench: one more row here (its tables' columns as its --smoke run prints them).
 ]
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from m1.engines import make_engine
 from m1.engines.base import GenRequest
 from m1.engines.openai_server import OpenAIEngine
 from m1.errors import M1Error
@@ -294,6 +295,6 @@ def test_open_questions_default_and_bad_values(server):
     # llama-cpp-python's server keeps no prefix cache across requests: one question per request
     assert eng.open_questions == eng.capacity == 4
     assert OpenAIEngine(base_url=server, concurrency=4, open_questions=12).open_questions == 12
-    for bad in (0, -3, 2.5, True, "8"):
+    for bad in (0, -3, 2.5, True, "8"):  # checked once, by the typed options, where engines are made
         with pytest.raises(M1Error, match="open_questions"):
-            OpenAIEngine(base_url=server, open_questions=bad)  # type: ignore[arg-type]
+            make_engine("openai", base_url=server, open_questions=bad)

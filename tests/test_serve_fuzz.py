@@ -32,7 +32,9 @@ def test_no_request_gets_a_5xx_or_hangs(small_server, mode):
     seen: dict[int, int] = {}
 
     @given(case=chat.as_strategy(generation_mode=GenerationMode(mode)))
-    @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    # derandomize: the same examples every run (a CI that fails by chance proves nothing); turn it
+    # off, with more examples, for a wider search
+    @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), database=None, derandomize=True)
     def one(case):
         if mode == "positive" and isinstance(case.body, dict):
             case.body["model"] = "smollm2-135m"  # the one model served: past the 404, into generation

@@ -111,7 +111,10 @@ def test_round_never_emits_an_id_the_request_does_not_keep():
         stop_len = rng.randint(1, 6)  # tokens spelling the stop (at most its bytes)
         stop_at = rng.randint(0, n - 1) if rng.random() < 0.7 else None
         sent: list[int] = []
-        r = Round(sent.extend, room, holdback(["x" * stop_len]))
+        by_id = rng.random() < 0.3  # a stop token: the last id, seen by its id
+        if by_id and stop_at is not None:
+            stop_len, ids[stop_at] = 1, 5000
+        r = Round(sent.extend, room, 0 if by_id else holdback(["x" * stop_len]), (5000,))
         end = n if stop_at is None else min(n, stop_at + stop_len)  # the stop completes here
         pos = 0
         while pos < end:

@@ -13,7 +13,8 @@ from pydantic import Field, TypeAdapter, ValidationError, field_validator
 from m1.configfile import Settings, explain, settings
 from m1.errors import M1Error
 
-Positive = Annotated[int, Field(gt=0)]
+# strict: a count is a whole number, not True or "8" (the engines take these values as given)
+Positive = Annotated[int, Field(gt=0, strict=True)]
 Seconds = Annotated[float, Field(gt=0)]
 HFDtype = Literal["auto", "float32", "bfloat16", "float16"]
 
@@ -21,7 +22,7 @@ HFDtype = Literal["auto", "float32", "bfloat16", "float16"]
 @settings
 class LlamaCppOptions:
     n_slots: Positive = 8  # questions decoded together
-    ctx_per_slot: Annotated[int, Field(ge=16)] = 4096
+    ctx_per_slot: Annotated[int, Field(ge=16, strict=True)] = 4096
     n_batch: Positive = 512
     n_threads: Positive | None = None  # None: llama.cpp's default
     verbose: bool = False

@@ -15,7 +15,7 @@ from m1.grading import score
 from m1.knowledge.supply import QuestionKnowledge, Supply, make_supply
 from m1.models import EMBEDDED, embedded_model_path
 from m1.runs import Run, RunDir, Trace, package_versions
-from m1.thinking.budget import BudgetController, ContextLog, Thinking, ThinkingParams
+from m1.thinking.budget import Answer, BudgetController, ContextLog, Thinking, ThinkingParams
 from m1.thinking.formats import get_format
 from m1.thinking.policies import confidence, parse_policy
 
@@ -106,7 +106,7 @@ def evaluate(cfg: EvalConfig, out: str | Path | None = None, engine: Engine | No
         done = {(r["id"], r["budget"]) for r in records}
         todo = [it for it in items if any((it.id, b) not in done for b in cfg.budgets)]
         controller = BudgetController(engine, fmt, params)
-        load = _Pipelines(engine, controller, cfg, run, done, progress, supply).run(todo, total=len(items))
+        load = _Pipelines(engine, controller, cfg, run, done, progress, supply=supply).run(todo, total=len(items))
         if load is not None and supply is not None:
             load["knowledge_seconds"] = round(supply.watch.seconds, 3)  # retrieval, screening, passages
     finally:
@@ -142,7 +142,8 @@ class _Pipelines:
     engine's capacity, more on a server with a prefix cache), the next one started the moment
     one finishes; each question's records appended (fsync) as it finishes."""
 
-    def __init__(self, engine, controller, cfg, run, done, progress, supply: Supply | None = None):
+    def __init__(self, engine: Engine, controller: BudgetController, cfg: EvalConfig, run: RunDir,
+                 done: set[tuple[str, int]], progress: Progress | None, supply: Supply | None = None):
         self.engine, self.controller, self.cfg, self.run_dir = engine, controller, cfg, run
         self.done, self.progress, self.supply = done, progress, supply
         self.policy = parse_policy(cfg.adaptive) if cfg.adaptive else None
@@ -169,15 +170,14 @@ class _Pipelines:
         async def one(item: Item) -> None:
             nonlocal finished
             prompt = first.pop(item.id) if item.id in first else self._prompt(item)
-            text, ids = prompt.text, prompt.ids
+            ids = prompt.ids
             log = ContextLog()
             letters = tuple(item.options)
             if self.policy is None:
                 injector = prompt.knowledge if prompt.knowledge and prompt.knowledge.where == "thinking" else None
                 per_budget = await self.controller.question(ids, item.id, self.cfg.budgets, self.cfg.method, log,
                                                             letters, injector=injector)
-                new = [make_record(item, b, text, ids, th, ans, self.engine, self.controller, self.cfg.grader,
-                                   knowledge=prompt.fields(th, self.engine))
+                new = [self._record(item, b, prompt, th, ans)
                        for b, (th, ans) in sorted(per_budget.items()) if (item.id, b) not in self.done]
             else:
                 def letter_of(th, ans):
@@ -186,8 +186,7 @@ class _Pipelines:
                 cap = self.cfg.budgets[0]
                 th, ans, episode, why = await self.controller.adaptive(ids, item.id, cap, self.policy, letter_of, log,
                                                                        letters)
-                t = make_record(item, cap, text, ids, th, ans, self.engine, self.controller, self.cfg.grader,
-                                knowledge=prompt.fields(th, self.engine))
+                t = self._record(item, cap, prompt, th, ans)
                 new = [dataclasses.replace(t, stopped_by=why, probes=[
                     {"tokens": pr.budget, "letter": pr.letter, "confidence": confidence(pr.option_logprobs, letters)}
                     for pr in episode.history])]
@@ -208,6 +207,9 @@ class _Pipelines:
         if load["context_tokens"]:
             load["context_vs_minimum"] = round(load["context_tokens"] / max(self.minimum, 1), 4)
         return load
+
+    def _record(self, item: Item, budget: int, prompt: Prompt, th: Thinking, ans: Answer) -> Trace:
+        return make_record(item, budget, prompt, th, ans, self.engine, self.controller, self.cfg.grader)
 
     def _prompt(self, item: Item) -> Prompt:
         qk = self.supply.for_item(item) if self.supply is not None else None
@@ -249,7 +251,8 @@ def _shared_prefix(prompts: list[list[int]]) -> int:
     return min(common_prefix(prompts[0], p) for p in prompts)
 
 
-def graded_text(th, ans, engine, controller, thinking_text: str | None = None) -> str:
+def graded_text(th: Thinking, ans: Answer, engine: Engine, controller: BudgetController,
+                thinking_text: str | None = None) -> str:
     """What the grader reads: the answer with the last line of its forced prefix ("Final Answer:"),
     or, where the model answered inside its thinking (plain format, natural end), the thinking."""
     if controller.needs_answer_phase(th):
@@ -257,16 +260,16 @@ def graded_text(th, ans, engine, controller, thinking_text: str | None = None) -
     return engine.detokenize(th.ids) if thinking_text is None else thinking_text
 
 
-def make_record(item, budget, prompt_text, prompt_ids, th, ans, engine, controller, grader: str,
-                knowledge: dict | None = None) -> Trace:
-    """The trace of one question at one budget with `grader`'s score; `knowledge`: its knowledge
-    fields (Prompt.fields), if the run has a condition."""
+def make_record(item: Item, budget: int, prompt: Prompt, th: Thinking, ans: Answer, engine: Engine,
+                controller: BudgetController, grader: str) -> Trace:
+    """The trace of one question at one budget with `grader`'s score, and the knowledge fields
+    of the prompt's condition (Prompt.fields), if the run has one."""
     thinking_text = engine.detokenize(th.ids)
     graded = graded_text(th, ans, engine, controller, thinking_text)
     return Trace(**{
         "id": item.id, "source": item.source, "budget": budget,
         "gold": item.answer, "options": item.options, "question": item.question,
-        "prompt": prompt_text, "prompt_tokens": len(prompt_ids),
+        "prompt": prompt.text, "prompt_tokens": len(prompt.ids),
         "thinking": thinking_text, "thinking_tokens": len(th.ids), "thinking_ended": th.ended,
         "thinking_stop": th.stop if th.ended == "natural" else None,
         "hit_budget": th.ended == "budget", "rounds_forced": th.rounds, "forced_at": th.forced_at,
@@ -275,5 +278,5 @@ def make_record(item, budget, prompt_text, prompt_ids, th, ans, engine, controll
         "answer_finish_reason": ans.finish_reason,
         "graded_text": graded, "scores": {grader: score(graded, item, grader)}, "grader": grader,
         "option_logprobs": ans.option_logprobs, "min_thinking_forced": len(th.short_at),
-        **(knowledge or {}),
+        **prompt.fields(th, engine),
     })

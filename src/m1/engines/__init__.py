@@ -41,7 +41,10 @@ def engine_options(name: str) -> list[str]:
 
 
 def make_engine(name: str, model: str | None = None, **options) -> Engine:
-    """Build an engine by name. `model` is a path, hub id or server model name."""
+    """Build an engine by name. `model` is a path, hub id or server model name. The options are
+    checked once, here, by their typed model (m1.engine_options): the engines trust them."""
+    from m1.engine_options import check_options
+
     cls = engine_class(name)
     known = engine_options(name)
     for key in options:
@@ -49,6 +52,7 @@ def make_engine(name: str, model: str | None = None, **options) -> Engine:
             close = difflib.get_close_matches(key, known, n=1)
             hint = f"did you mean {close[0]}?" if close else f"it takes {', '.join(known)}"
             raise M1Error(f"--engine-opt {key}: engine {name!r} has no such option; {hint}")
+    check_options(name, options)
     return cls(model, **options)
 
 

@@ -19,8 +19,6 @@ from m1.engines.base import BatchedSubmit, GenRequest, GenResult, StopMatcher
 from m1.engines.tokenizers import HFTokenizer
 from m1.errors import M1Error, first_line
 
-DTYPES = ("auto", "float32", "bfloat16", "float16")
-
 
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
@@ -42,11 +40,7 @@ class HFEngine(BatchedSubmit):
             raise M1Error("engine 'hf' needs torch and transformers: pip install 'm1[hf]'") from None
         if not model:
             raise M1Error("engine 'hf' needs a model: pass --model with a folder, a hub id or a .gguf file")
-        if dtype not in DTYPES:
-            raise M1Error(f"unknown dtype {dtype!r} for engine 'hf': choose one of {', '.join(DTYPES)}")
         self.torch = torch
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise M1Error(f"--engine-opt batch_size={batch_size!r}: must be a whole number >= 1")
         self.batch_size = batch_size
         self._start_queue(batch_size)
         self.source, self.gguf_file = resolve_model_source(model, gguf_file)

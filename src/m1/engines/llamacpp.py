@@ -194,10 +194,6 @@ class LlamaCppEngine(SteppedEngine, GGUFTokenizer):
     def __init__(self, model: str | None = None, n_slots: int = 8, ctx_per_slot: int = 4096,
                  n_batch: int = 512, n_threads: int | None = None, verbose: bool = False,
                  batch_invariant: bool = False):
-        for opt, value, least in (("n_slots", n_slots, 1), ("ctx_per_slot", ctx_per_slot, 16),
-                                  ("n_batch", n_batch, 1), ("n_threads", n_threads or 1, 1)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < least:
-                raise M1Error(f"--engine-opt {opt}={value!r}: must be a whole number >= {least}")
         super().__init__(resolve_model(model), verbose=verbose)  # a file, or a name `m1 models` lists
         lc = self._lc
         self.n_slots, self.n_batch, self.batch_invariant = n_slots, n_batch, batch_invariant

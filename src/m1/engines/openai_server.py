@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Sequence
 
 from m1.client import Client, Policy, RequestFailed, ServerDown
-from m1.client.dialects import DIALECTS, SERVERS, Completion, Generic, detect, refused
+from m1.client.dialects import DIALECTS, Completion, Generic, detect, refused
 from m1.client.wire import Step
 from m1.engines import probes, stops
 from m1.engines.base import (
@@ -88,14 +88,6 @@ class OpenAIEngine(StreamingGenerate):
                  api_key_env: str = "OPENAI_API_KEY", tokenizer: str | None = None, concurrency: int | None = None,
                  timeout: float = 600, server: str | None = None, skip_unreachable: bool = False,
                  open_questions: int | None = None):
-        if server is not None and server not in SERVERS:
-            raise M1Error(f"unknown server kind {server!r}: choose one of {', '.join(SERVERS)}")
-        for opt, value, what in (("concurrency", concurrency, "requests in flight per server"),
-                                 ("open_questions", open_questions, "questions kept started at once")):
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-                raise M1Error(f"--engine-opt {opt}={value!r}: must be a whole number >= 1 ({what})")
-        if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0:
-            raise M1Error(f"--engine-opt timeout={timeout!r}: must be a positive number of seconds")
         urls = base_url if isinstance(base_url, (list, tuple)) else str(base_url).split(",")
         urls = [u.strip().rstrip("/") for u in urls if u.strip()]
         if not urls:

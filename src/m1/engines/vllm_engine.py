@@ -56,8 +56,6 @@ class VLLMEngine(SteppedEngine):
                  gpu_memory_utilization: float = 0.9, max_model_len: int | None = None,
                  max_num_seqs: int = 256, enable_prefix_caching: bool = True,
                  trust_remote_code: bool = False):
-        if not isinstance(max_num_seqs, int) or max_num_seqs < 1:
-            raise M1Error(f"--engine-opt max_num_seqs={max_num_seqs!r}: must be a whole number >= 1")
         try:
             import vllm
         except ImportError:

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import socket
 import sys
 
 from m1.errors import M1Error
@@ -92,6 +94,14 @@ def cmd_serve(a: argparse.Namespace) -> int:
         from m1.serve import Service, make_app
     except ImportError as e:
         raise M1Error(f"m1 serve needs FastAPI and uvicorn ({e.name} is missing): pip install 'm1[serve]'") from None
+    if cfg.api_key_env and not os.environ.get(cfg.api_key_env):  # before the model loads
+        raise M1Error(f"--api-key-env {cfg.api_key_env}: that environment variable is empty or unset; "
+                      "export the key there (it is never read from the command line)")
+    with socket.socket() as s:  # a taken port is one line, before the model loads
+        try:
+            s.bind((cfg.host, cfg.port))
+        except OSError as e:
+            raise M1Error(f"cannot listen on {cfg.host}:{cfg.port} ({e.strerror}); pick another --port") from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     service = Service(cfg)
     try:

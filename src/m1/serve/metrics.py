@@ -26,6 +26,11 @@ class Metrics:
         Gauge("m1_engine_occupancy", "Engine requests in flight over its capacity",
               registry=r).set_function(lambda: meter.in_flight / max(meter.capacity, 1))
         Gauge("m1_engine_capacity", "Requests the engine runs at once", registry=r).set_function(lambda: meter.capacity)
+        # cumulative, for occupancy over any interval: d(busy) / (capacity * dt) (engines/base.py LoadMeter)
+        Gauge("m1_engine_busy_request_seconds", "Integral of engine requests in flight over time (request-seconds)",
+              registry=r).set_function(lambda: meter.reading().busy)
+        Gauge("m1_engine_generated_tokens", "Tokens the engine generated since the server started",
+              registry=r).set_function(lambda: meter.generated)
 
     def text(self) -> bytes:
         return generate_latest(self.registry)

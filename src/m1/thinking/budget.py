@@ -297,7 +297,8 @@ class BudgetController:
                 seed=request_seed(p.seed, key, "think", s.rounds, *((len(s.insertions),) if s.insertions else ())),
                 priority=len(s.ids),  # least-advanced first (module doc)
             )
-            res = await self._submit(req, log, Round(emit, room, self.think_hold) if listener else None)
+            res = await self._submit(req, log, Round(emit, room, self.think_hold, self.think_stop_ids)
+                                     if listener else None)
             s.generated += len(res.token_ids)
             s.finish_reasons.append(res.finish_reason)
             if close is not None and res.finish_reason == "stop" and res.matched_stop == close:
@@ -418,7 +419,8 @@ class BudgetController:
         if listener is not None and len(thinkings) != 1:
             raise ValueError("a listener follows one answer: pass one thinking")
         results = await asyncio.gather(*(self._submit(r, log, Round(listener.answer, r.max_new_tokens,
-                                                                     self.answer_hold) if listener else None)
+                                                                     self.answer_hold, self.answer_stop_ids)
+                                                               if listener else None)
                                          for r in unique))
         by_ctx = dict(zip((r.prompt_ids for r in unique), results))
         out = []

@@ -22,23 +22,26 @@ class Listener(Protocol):
 
 
 def holdback(stop_strings: Sequence[str]) -> int:
-    """How many trailing ids may still turn out to be a stop: the last one (a stop token ends a
-    result), or as many as the longest stop string has bytes (every token spells at least one)."""
-    return max([1] + [len(s.encode("utf-8")) for s in stop_strings])
+    """How many trailing ids may still turn out to be part of a stop string: as many as the
+    longest has bytes (every token spells at least one). Stop tokens are seen by id (Round)."""
+    return max([0] + [len(s.encode("utf-8")) for s in stop_strings])
 
 
 class Round:
     """One request's ids on their way to `emit`: at most `room` of them, the last `hold` held
-    back until `finish` says how many the request kept."""
+    back until `finish` says how many the request kept, and a last id that is a stop token too
+    (a stop token ends a result, so only the last id can be one)."""
 
-    def __init__(self, emit: Callable[[list[int]], None], room: int, hold: int):
+    def __init__(self, emit: Callable[[list[int]], None], room: int, hold: int, stop_ids: Sequence[int] = ()):
         self.emit, self.room, self.hold = emit, room, hold
+        self.stop_ids = frozenset(stop_ids)
         self.ids: list[int] = []
         self.sent = 0
 
     def __call__(self, ids: list[int]) -> None:
         self.ids += ids
-        safe = min(self.room, len(self.ids) - self.hold)
+        hold = max(self.hold, 1 if self.ids and self.ids[-1] in self.stop_ids else 0)
+        safe = min(self.room, len(self.ids) - hold)
         if safe > self.sent:
             self.emit(self.ids[self.sent:safe])
             self.sent = safe
