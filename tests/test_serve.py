@@ -186,11 +186,11 @@ def test_32_concurrent_clients_all_answered(client, server):
         aclient = openai.AsyncOpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0)
         qs = [f"Patient {i} has a fever of {38 + i % 3} C. Name one cause." for i in range(32)]
         got = await asyncio.gather(*(aclient.chat.completions.create(
-            model="smollm2-135m", messages=[{"role": "user", "content": q}], extra_body={"thinking_token_budget": 16})
-            for q in qs))
+            model="smollm2-135m", messages=[{"role": "user", "content": q}],
+            extra_body={"thinking_token_budget": 16, "m1": {"answer_max_tokens": 4}}) for q in qs))
         alone = await aclient.chat.completions.create(
             model="smollm2-135m", messages=[{"role": "user", "content": qs[5]}],
-            extra_body={"thinking_token_budget": 16})
+            extra_body={"thinking_token_budget": 16, "m1": {"answer_max_tokens": 4}})
         await aclient.close()
         return got, alone
     got, alone = asyncio.run(main())
@@ -206,7 +206,8 @@ def _post(server, body, headers=None, raw: bytes | None = None):
     return httpx.post(server.url + "/v1/chat/completions", content=data, headers=h, timeout=60)
 
 
-GOOD = {"model": "smollm2-135m", "messages": [{"role": "user", "content": "Hi"}], "thinking_token_budget": 2}
+GOOD = {"model": "smollm2-135m", "messages": [{"role": "user", "content": "Hi"}], "thinking_token_budget": 2,
+        "m1": {"answer_max_tokens": 2}}  # a good request that costs a few decode steps
 
 
 @pytest.mark.parametrize("body,raw,headers,status,param", [
