@@ -348,5 +348,8 @@ def _explain(err: RequestValidationError) -> ApiError:
                         code="invalid_json")
     loc = [str(p) for p in first.get("loc", ()) if p != "body"]
     param = ".".join(loc) or None
+    if param is None:  # the body as a whole: not JSON (no JSON content type), or not an object
+        return ApiError(400, "the body must be a JSON object sent as Content-Type: application/json "
+                             f"({first.get('msg', 'invalid')})", code="invalid_json")
     where = f"{param}: " if param else "the body: "
     return ApiError(400, f"{where}{first.get('msg', 'invalid value')}", param=param, code="invalid_value")
